@@ -93,6 +93,10 @@ class CommonSettings(BaseModel):
     worker_max_ack_pending: int = Field(1000, alias="WORKER_MAX_ACK_PENDING", ge=1)
     worker_backoff_base: Duration = Field(1.0, alias="WORKER_BACKOFF_BASE", gt=0)
     worker_backoff_max: Duration = Field(300.0, alias="WORKER_BACKOFF_MAX", gt=0)
+    otel_traces_exporter: Literal["none", "otlp", "console", "file"] = Field(
+        "none", alias="OTEL_TRACES_EXPORTER"
+    )
+    otel_traces_file: str = Field("taskflow-spans.jsonl", alias="OTEL_TRACES_FILE")
 
     def describe(self) -> dict[str, Any]:
         """Return the settings keyed by variable name, secrets masked, for start-up logs."""
