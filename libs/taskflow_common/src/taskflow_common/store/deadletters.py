@@ -1,0 +1,420 @@
+"""The dead-letter record: what the dlq-monitor writes and the operators act on.
+
+One row per dead-letter message (``dead_letters``, migration 0001), keyed by the
+message's ``Nats-Msg-Id`` (``dedupe_key``) so that a redelivery, or a re-publish after
+the stream's dedupe window, is recorded once. A row is ``open`` until an operator
+replays its task (``replayed``) or discards it (``discarded``); ``resolved_at`` says when.
+
+Every function takes an asyncpg connection (or anything with the same ``fetch*``
+methods, such as a pool) and runs a single statement, so it is atomic on its own and
+may also be called inside the caller's transaction. Driver errors are left to the
+caller's :class:`~taskflow_common.db.Database`, which turns outages into
+:class:`~taskflow_common.errors.UnavailableError`.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import datetime as dt
+import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import asyncpg
+import orjson
+
+from taskflow_common.errors import InvalidStateError, NotFoundError, TaskFlowError
+from taskflow_common.messages import DeadLetter
+from taskflow_common.store.rows import TASK_COLUMNS, rfc3339
+
+DeadLetterStatus = Literal["open", "replayed", "discarded"]
+DEAD_LETTER_STATUSES: tuple[DeadLetterStatus, ...] = ("open", "replayed", "discarded")
+REPLAYABLE_STATUSES = ("failed", "cancelled")
+"""Task statuses a replay starts from; any other status is a 409 ``invalid_state``."""
+
+MAX_LIMIT = 200
+STATS_WINDOWS: tuple[tuple[str, dt.timedelta | None], ...] = (
+    ("1h", dt.timedelta(hours=1)),
+    ("24h", dt.timedelta(hours=24)),
+    ("7d", dt.timedelta(days=7)),
+    ("all", None),
+)
+"""Stats windows: label and length (None = since the first dead letter)."""
+STATS_ERROR_CHARS = 200
+"""An error is grouped in stats by its first line, cut to this many characters."""
+STATS_TOP = 50
+"""At most this many types and errors are listed in stats (the most frequent overall)."""
+
+_COLUMNS = (
+    "id, dedupe_key, task_id, type, priority, attempts, error, reason, subject, raw, "
+    "trace_id, status, failed_at, recorded_at, resolved_at"
+)
+_EXECUTION_COLUMNS = (
+    "id, task_id, attempt, status, worker_id, error, started_at, finished_at, duration_ms"
+)
+
+
+class InvalidCursorError(TaskFlowError, ValueError):
+    """A pagination cursor that this module did not produce (HTTP 400 ``invalid_cursor``)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Page:
+    """One page of dead letters, newest first; ``next_cursor`` is None on the last page."""
+
+    items: list[asyncpg.Record]
+    next_cursor: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Detail:
+    """Everything known about one task's dead letters.
+
+    ``dead_letters`` is newest first and never empty; ``task`` is the task row
+    (:data:`~taskflow_common.store.rows.TASK_COLUMNS`) or None when the dead letter names
+    no stored task; ``executions`` are the task's attempts in order (empty without a task).
+    """
+
+    dead_letters: list[asyncpg.Record]
+    task: asyncpg.Record | None
+    executions: list[asyncpg.Record]
+
+
+# -- recording ------------------------------------------------------------------------
+
+
+def _text(value: str | None) -> str | None:
+    # Postgres text cannot hold NUL; a dead letter must never be refused for one.
+    return None if value is None else value.replace("\x00", "\ufffd")
+
+
+def _timestamp(value: str | None) -> dt.datetime | None:
+    if not value:
+        return None
+    try:
+        parsed = dt.datetime.fromisoformat(value)
+    except ValueError:
+        return None
+    return parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=dt.UTC)
+
+
+async def record(conn: asyncpg.Connection, dedupe_key: str, dl: DeadLetter) -> bool:
+    """Store ``dl`` under ``dedupe_key`` once; return True when it was new.
+
+    ``dedupe_key`` is the message's ``Nats-Msg-Id`` (``dlq:<task_id>:<attempt>``) or
+    another key unique to the message. A second call with the same key changes nothing
+    and returns False (``ON CONFLICT (dedupe_key) DO NOTHING``).
+
+    Missing ``type``/``priority`` are taken from the task row when the task exists.
+    When ``dl.task_id`` names no stored task, the row keeps ``task_id`` NULL (the column
+    references ``tasks``) and its ``reason`` says which id was given. ``failed_at`` is
+    ``dl.failed_at`` when it parses as RFC 3339, else the database's ``now()``. NUL
+    characters in text fields are replaced by U+FFFD.
+    """
+    row = await conn.fetchrow(
+        """
+        INSERT INTO dead_letters
+            (dedupe_key, task_id, type, priority, attempts, error, reason, subject, raw,
+             trace_id, failed_at)
+        SELECT $1, t.id, coalesce($3, t.type), coalesce($4, t.priority), $5, $6,
+               CASE WHEN w.want IS NOT NULL AND t.id IS NULL
+                    THEN $7 || ' (task ' || w.want::text || ' is not in the tasks table)'
+                    ELSE $7 END,
+               $8, $9, $10, coalesce($11, now())
+        FROM (SELECT $2::uuid AS want) AS w
+        LEFT JOIN tasks AS t ON t.id = w.want
+        ON CONFLICT (dedupe_key) DO NOTHING
+        RETURNING id
+        """,
+        _text(dedupe_key),
+        dl.task_id,
+        _text(dl.type),
+        _text(dl.priority),
+        dl.attempts,
+        _text(dl.error),
+        _text(dl.reason) or "unknown",
+        _text(dl.subject),
+        dl.raw,
+        _text(dl.trace_id),
+        _timestamp(dl.failed_at),
+    )
+    return row is not None
+
+
+# -- reading --------------------------------------------------------------------------
+
+
+def encode_cursor(failed_at: dt.datetime, dead_letter_id: uuid.UUID) -> str:
+    """Opaque keyset cursor for the row after which the next page starts."""
+    raw = orjson.dumps([failed_at.isoformat(), str(dead_letter_id)])
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> tuple[dt.datetime, uuid.UUID]:
+    """Inverse of :func:`encode_cursor`; raise :class:`InvalidCursorError` for anything else."""
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+        when, ident = orjson.loads(raw)
+        at = dt.datetime.fromisoformat(when)
+        if at.tzinfo is None:
+            raise ValueError("naive timestamp")
+        return at, uuid.UUID(ident)
+    except (ValueError, TypeError, binascii.Error, orjson.JSONDecodeError) as exc:
+        raise InvalidCursorError("cursor is not one this API returned") from exc
+
+
+def _like(text: str) -> str:
+    escaped = text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    return f"%{escaped}%"
+
+
+async def list_dead_letters(
+    conn: asyncpg.Connection,
+    *,
+    type: str | None = None,
+    error_contains: str | None = None,
+    status: DeadLetterStatus | None = None,
+    limit: int = 50,
+    cursor: str | None = None,
+) -> Page:
+    """Return dead letters newest first (``failed_at DESC, id DESC``), keyset-paginated.
+
+    Filters: ``type`` exact; ``error_contains`` a case-insensitive substring of the error
+    or the reason (``%`` and ``_`` match literally); ``status`` one of
+    :data:`DEAD_LETTER_STATUSES`. ``limit`` is clamped to 1..200. ``cursor`` is a
+    previous page's ``next_cursor``; pages stay stable while new dead letters arrive.
+    Raises :class:`InvalidCursorError` for a cursor this module did not produce.
+    """
+    limit = max(1, min(limit, MAX_LIMIT))
+    where: list[str] = []
+    args: list[Any] = []
+    if type is not None:
+        args.append(type)
+        where.append(f"type = ${len(args)}")
+    if error_contains:
+        args.append(_like(error_contains))
+        where.append(f"(error ILIKE ${len(args)} OR reason ILIKE ${len(args)})")
+    if status is not None:
+        args.append(status)
+        where.append(f"status = ${len(args)}")
+    if cursor is not None:
+        at, ident = decode_cursor(cursor)
+        args.extend([at, ident])
+        where.append(f"(failed_at, id) < (${len(args) - 1}, ${len(args)})")
+    args.append(limit + 1)
+    clauses = " WHERE " + " AND ".join(where) if where else ""
+    sql = f"SELECT {_COLUMNS} FROM dead_letters{clauses} ORDER BY failed_at DESC, id DESC"  # noqa: S608 - constant column lists; values are bind parameters
+    sql += f" LIMIT ${len(args)}"
+    rows = list(await conn.fetch(sql, *args))
+    if len(rows) <= limit:
+        return Page(rows, None)
+    last = rows[limit - 1]
+    return Page(rows[:limit], encode_cursor(last["failed_at"], last["id"]))
+
+
+async def get(conn: asyncpg.Connection, task_id: uuid.UUID) -> Detail:
+    """Return the dead letters of task ``task_id`` with the task and its executions.
+
+    ``task_id`` may also be a dead letter's own ``id`` (the only handle on a dead letter
+    that names no task). Raises :class:`NotFoundError` when no dead letter matches.
+    """
+    sql = f"SELECT {_COLUMNS} FROM dead_letters WHERE task_id = $1 OR id = $1"  # noqa: S608 - constant column lists; values are bind parameters
+    letters = list(await conn.fetch(sql + " ORDER BY failed_at DESC, id DESC", task_id))
+    if not letters:
+        raise NotFoundError(f"no dead letter for {task_id}")
+    real_task = next((r["task_id"] for r in letters if r["task_id"] is not None), None)
+    if real_task is None:
+        return Detail(letters, None, [])
+    task_sql = f"SELECT {TASK_COLUMNS} FROM tasks WHERE id = $1"  # noqa: S608 - constant column lists; values are bind parameters
+    task = await conn.fetchrow(task_sql, real_task)
+    executions = await conn.fetch(
+        f"SELECT {_EXECUTION_COLUMNS} FROM task_executions "  # noqa: S608 - constant column lists; values are bind parameters
+        "WHERE task_id = $1 ORDER BY attempt",
+        real_task,
+    )
+    return Detail(letters, task, list(executions))
+
+
+async def stats(conn: asyncpg.Connection) -> dict[str, Any]:
+    """Count dead letters by type and by error over the windows 1h, 24h, 7d and all.
+
+    Windows are by ``failed_at`` against the database clock. An error is grouped by
+    the first line of ``error`` (or ``reason`` when there is no error), cut to
+    :data:`STATS_ERROR_CHARS` characters. Returns::
+
+        {"windows": ["1h", "24h", "7d", "all"],
+         "total": {"1h": n, "24h": n, "7d": n, "all": n},
+         "by_status": {"open": n, "replayed": n, "discarded": n},
+         "by_type": [{"type": str | None, "counts": {"1h": n, ...}}, ...],
+         "by_error": [{"error": str, "counts": {"1h": n, ...}}, ...]}
+
+    Lists hold the :data:`STATS_TOP` most frequent entries overall, most frequent first.
+    """
+    counts = ", ".join(
+        f"count(*) FILTER (WHERE failed_at > now() - interval '{int(span.total_seconds())} "
+        f"seconds') AS w{i}"
+        if span is not None
+        else f"count(*) AS w{i}"
+        for i, (_, span) in enumerate(STATS_WINDOWS)
+    )
+    rows = await conn.fetch(
+        f"""
+        WITH d AS (
+            SELECT type, status, failed_at,
+                   left(split_part(coalesce(error, reason), E'\\n', 1), {STATS_ERROR_CHARS})
+                       AS first_line
+            FROM dead_letters
+        )
+        SELECT GROUPING(type) AS g_type, GROUPING(first_line) AS g_error,
+               GROUPING(status) AS g_status, type, first_line, status, {counts}
+        FROM d
+        GROUP BY GROUPING SETS ((type), (first_line), (status), ())
+        """  # noqa: S608 - constant column lists; window lengths are constants
+    )
+    labels = [label for label, _ in STATS_WINDOWS]
+
+    def window_counts(row: Mapping[str, Any]) -> dict[str, int]:
+        return {label: int(row[f"w{i}"]) for i, label in enumerate(labels)}
+
+    total = dict.fromkeys(labels, 0)
+    by_status = dict.fromkeys(DEAD_LETTER_STATUSES, 0)
+    by_type: list[dict[str, Any]] = []
+    by_error: list[dict[str, Any]] = []
+    for row in rows:
+        if not row["g_type"]:
+            by_type.append({"type": row["type"], "counts": window_counts(row)})
+        elif not row["g_error"]:
+            by_error.append({"error": row["first_line"], "counts": window_counts(row)})
+        elif not row["g_status"]:
+            by_status[row["status"]] = int(row[f"w{len(labels) - 1}"])
+        else:
+            total = window_counts(row)
+
+    def top(items: list[dict[str, Any]], key: str) -> list[dict[str, Any]]:
+        items.sort(key=lambda item: (-item["counts"]["all"], str(item[key])))
+        return items[:STATS_TOP]
+
+    return {
+        "windows": labels,
+        "total": total,
+        "by_status": by_status,
+        "by_type": top(by_type, "type"),
+        "by_error": top(by_error, "error"),
+    }
+
+
+# -- acting ---------------------------------------------------------------------------
+
+
+async def replay(conn: asyncpg.Connection, task_id: uuid.UUID) -> asyncpg.Record:
+    """Send a failed or cancelled task back to ``queued`` with a fresh attempt budget.
+
+    In one statement: the task gets ``status='queued'``, ``failed_attempts=0``,
+    ``dispatch_pending=true`` (the dispatcher publishes it), ``run_at=now()``,
+    ``result=NULL``, ``finished_at=NULL``, ``version+1``, ``updated_at=now()``, and
+    ``dead_letter_pending=false`` (a dead letter not yet published reports the failure
+    being retried now); ``attempts`` is kept, so new execution rows continue the
+    numbering and the history stays. The task's open dead letters become ``replayed``
+    with ``resolved_at=now()``.
+
+    Returns the task row (:data:`~taskflow_common.store.rows.TASK_COLUMNS`) plus
+    ``dead_letters_replayed`` (int). Raises :class:`NotFoundError` for an unknown task
+    and :class:`InvalidStateError` (409 ``invalid_state``) when its status is not
+    ``failed`` or ``cancelled``; concurrent replays of one task succeed once.
+    """
+    row = await conn.fetchrow(
+        f"""
+        WITH t AS (
+            UPDATE tasks
+            SET status = 'queued', failed_attempts = 0, dispatch_pending = true,
+                dead_letter_pending = false, run_at = now(), result = NULL,
+                finished_at = NULL, version = version + 1, updated_at = now()
+            WHERE id = $1 AND status = ANY($2::text[])
+            RETURNING {TASK_COLUMNS}
+        ), d AS (
+            UPDATE dead_letters SET status = 'replayed', resolved_at = now()
+            WHERE task_id = $1 AND status = 'open' AND EXISTS (SELECT 1 FROM t)
+            RETURNING id
+        )
+        SELECT t.*, (SELECT count(*) FROM d)::int AS dead_letters_replayed FROM t
+        """,  # noqa: S608 - constant column lists; values are bind parameters
+        task_id,
+        list(REPLAYABLE_STATUSES),
+    )
+    if row is not None:
+        return row
+    current = await conn.fetchval("SELECT status FROM tasks WHERE id = $1", task_id)
+    if current is None:
+        raise NotFoundError(f"task {task_id} not found")
+    raise InvalidStateError(
+        f"task {task_id} is {current}; only failed or cancelled tasks can be replayed"
+    )
+
+
+async def discard(conn: asyncpg.Connection, dead_letter_id: uuid.UUID) -> list[asyncpg.Record]:
+    """Mark open dead letters ``discarded`` (``resolved_at=now()``); the task is untouched.
+
+    ``dead_letter_id`` is a dead letter's ``id`` or a task id (then every open dead
+    letter of that task). Returns the discarded rows, newest first. Raises
+    :class:`NotFoundError` when nothing matches and :class:`InvalidStateError` when the
+    matches are all already resolved.
+    """
+    changed = await conn.fetch(
+        f"""
+        UPDATE dead_letters SET status = 'discarded', resolved_at = now()
+        WHERE (id = $1 OR task_id = $1) AND status = 'open'
+        RETURNING {_COLUMNS}
+        """,  # noqa: S608 - constant column lists; values are bind parameters
+        dead_letter_id,
+    )
+    if changed:
+        return sorted(changed, key=lambda r: (r["failed_at"], r["id"]), reverse=True)
+    states = await conn.fetch(
+        "SELECT DISTINCT status FROM dead_letters WHERE id = $1 OR task_id = $1 ORDER BY 1",
+        dead_letter_id,
+    )
+    if not states:
+        raise NotFoundError(f"no dead letter for {dead_letter_id}")
+    raise InvalidStateError(
+        f"dead letters for {dead_letter_id} are already "
+        + " and ".join(r["status"] for r in states)
+    )
+
+
+# -- JSON -----------------------------------------------------------------------------
+
+
+def dead_letter_json(row: Mapping[str, Any], *, with_raw: bool = False) -> dict[str, Any]:
+    """Public JSON object of a dead_letters row.
+
+    Keys: id, task_id, type, priority, attempts, error, reason, subject, trace_id,
+    status, failed_at, recorded_at, resolved_at (RFC 3339 UTC), raw_bytes (size of the
+    kept raw message or null) and, with ``with_raw``, raw (base64 or null).
+    """
+    raw: bytes | None = row["raw"]
+    out: dict[str, Any] = {
+        "id": str(row["id"]),
+        "task_id": str(row["task_id"]) if row["task_id"] is not None else None,
+        "type": row["type"],
+        "priority": row["priority"],
+        "attempts": row["attempts"],
+        "error": row["error"],
+        "reason": row["reason"],
+        "subject": row["subject"],
+        "trace_id": row["trace_id"],
+        "status": row["status"],
+        "failed_at": rfc3339(row["failed_at"]),
+        "recorded_at": rfc3339(row["recorded_at"]),
+        "resolved_at": rfc3339(row["resolved_at"]),
+        "raw_bytes": len(raw) if raw is not None else None,
+    }
+    if with_raw:
+        out["raw"] = base64.b64encode(raw).decode() if raw is not None else None
+    return out
+
+
+def dead_letters_json(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """:func:`dead_letter_json` for each row (without raw bytes)."""
+    return [dead_letter_json(r) for r in rows]
