@@ -1,0 +1,316 @@
+"""Task SQL for the API side: submit (with Idempotency-Key), read, executions, list.
+
+Every function takes an open asyncpg connection (pooled or the caller's own, inside a
+transaction or not) and returns ``asyncpg.Record`` rows whose columns match
+:data:`~taskflow_common.store.rows.TASK_COLUMNS` (render them with
+:func:`~taskflow_common.store.rows.task_json`). Statements are constant strings, so
+asyncpg's per-connection statement cache makes each one a single round trip after its
+first use.
+
+What Postgres ``jsonb`` can hold is decided here too (:func:`json_problems`): callers
+check a payload with it before :func:`submit`, which does not re-walk the payload.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import datetime as dt
+import hashlib
+import math
+import re
+import struct
+import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import asyncpg
+import orjson
+
+from taskflow_common.errors import IdempotencyKeyReused, NotFoundError, TaskFlowError
+from taskflow_common.store.rows import TASK_COLUMNS
+from taskflow_common.subjects import Priority
+from taskflow_common.tracing import current_traceparent
+
+INT64_MIN = -(2**63)
+INT64_MAX = 2**63 - 1
+MAX_LIST_LIMIT = 200
+TYPE_PATTERN = re.compile(r"^[A-Za-z0-9_.:-]{1,128}$")
+"""What ``tasks.type`` accepts (the same CHECK as migrations/0001_tasks.sql)."""
+
+
+class InvalidCursor(TaskFlowError, ValueError):
+    """A list cursor that this module did not produce (or that was damaged)."""
+
+
+@dataclass(frozen=True, slots=True)
+class TaskSpec:
+    """A validated, normalised request to create one task.
+
+    ``payload`` is any JSON value that passed :func:`json_problems`. ``max_attempts``
+    is already resolved (1..100). The optional fields are the per-task options of later
+    API versions; they enter the request hash only when set, so adding them does not
+    change the hash of requests that do not use them. ``run_at`` (aware datetime) and
+    ``delay_s`` (seconds) schedule the first run; a time in the past means now.
+    """
+
+    type: str
+    payload: Any = field(default_factory=dict)
+    priority: Priority = "normal"
+    max_attempts: int = 3
+    idempotency_key: str | None = None
+    timeout_s: float | None = None
+    tags: Mapping[str, str] | None = None
+    run_at: dt.datetime | None = None
+    delay_s: float | None = None
+
+    def canonical(self) -> bytes:
+        """Return the canonical JSON of what the request asks for (keys sorted, compact).
+
+        The idempotency key itself is not part of it: it names the request, the
+        canonical form is what the request says.
+        """
+        doc: dict[str, Any] = {
+            "type": self.type,
+            "payload": self.payload,
+            "priority": self.priority,
+            "max_attempts": self.max_attempts,
+        }
+        if self.timeout_s is not None:
+            doc["timeout_s"] = self.timeout_s
+        if self.tags:
+            doc["tags"] = dict(self.tags)
+        if self.run_at is not None:
+            doc["run_at"] = self.run_at.astimezone(dt.UTC).isoformat()
+        if self.delay_s is not None:
+            doc["delay_s"] = self.delay_s
+        return orjson.dumps(doc, option=orjson.OPT_SORT_KEYS)
+
+    def request_hash(self) -> bytes:
+        """Return sha256(:meth:`canonical`), 32 bytes; stored in ``tasks.request_hash``."""
+        return hashlib.sha256(self.canonical()).digest()
+
+
+def json_problems(value: Any, path: str, max_depth: int) -> list[tuple[str, str]]:
+    """List what stops ``value`` (decoded JSON) from being stored as ``jsonb``.
+
+    Returns ``[(field_path, message)]``, empty when the value is fine; paths look like
+    ``payload.items[3].name``. Rejected: non-finite floats (``1e400`` decodes to inf),
+    integers outside int64 (clients in most languages cannot read them back), ``\\u0000``
+    in any string or object key (jsonb refuses it), and containers nested more than
+    ``max_depth`` levels (``{}`` and ``[]`` are one level). Iterative, so a deep value
+    cannot exhaust the Python stack. Stops after 20 problems.
+    """
+    problems: list[tuple[str, str]] = []
+    stack: list[tuple[Any, str, int]] = [(value, path, 0)]
+    while stack and len(problems) < 20:
+        item, where, depth = stack.pop()
+        if isinstance(item, str):
+            if "\x00" in item:
+                problems.append((where, "must not contain the NUL character (\\u0000)"))
+        elif isinstance(item, bool) or item is None:
+            continue
+        elif isinstance(item, int):
+            if not INT64_MIN <= item <= INT64_MAX:
+                problems.append((where, "integer out of range (must fit in 64-bit signed)"))
+        elif isinstance(item, float):
+            if not math.isfinite(item):
+                problems.append((where, "number out of range (must be finite)"))
+        elif isinstance(item, dict | list):
+            if depth + 1 > max_depth:
+                problems.append((where, f"nested deeper than {max_depth} levels"))
+                continue
+            # Pushed in reverse so that problems come out in document order.
+            if isinstance(item, dict):
+                for key, sub in reversed(item.items()):
+                    if "\x00" in key:
+                        problems.append((f"{where}.{key}", "object keys must not contain \\u0000"))
+                    stack.append((sub, f"{where}.{key}", depth + 1))
+            else:
+                for index in range(len(item) - 1, -1, -1):
+                    stack.append((item[index], f"{where}[{index}]", depth + 1))
+        else:
+            problems.append((where, f"not a JSON value ({type(item).__name__})"))
+    return problems
+
+
+_INSERT = f"""
+INSERT INTO tasks (id, type, payload, priority, status, max_attempts, idempotency_key,
+                   request_hash, timeout_s, tags, trace_parent, run_at)
+VALUES ($1, $2, $3, $4, 'queued', $5, $6, $7, $8, COALESCE($9::jsonb, '{{}}'::jsonb), $10,
+        GREATEST(now(), COALESCE($11::timestamptz, now())
+                        + COALESCE($12::float8, 0) * interval '1 second'))
+ON CONFLICT (idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
+RETURNING {TASK_COLUMNS}
+"""  # noqa: S608 - TASK_COLUMNS is a constant; values are parameters
+
+_BY_KEY = f"SELECT {TASK_COLUMNS}, request_hash FROM tasks WHERE idempotency_key = $1"  # noqa: S608
+
+
+async def submit(
+    conn: asyncpg.Connection, spec: TaskSpec, *, trace_parent: str | None = None
+) -> tuple[asyncpg.Record, bool]:
+    """Insert the task ``spec`` describes; return ``(row, created)``.
+
+    The row is ``queued``, due now (or at ``run_at``/after ``delay_s``) and pending
+    dispatch, with ``trace_parent`` (default: the current span's W3C traceparent) so the
+    dispatcher and worker continue the submitter's trace.
+
+    With ``spec.idempotency_key`` set, the unique partial index ``tasks_idempotency_key``
+    decides, never a check-then-insert: when the key is new the insert wins (one round
+    trip); when it exists, the stored row is returned with ``created=False`` if its
+    request hash equals ``spec.request_hash()``, else :class:`IdempotencyKeyReused` is
+    raised. Two concurrent submits with one key: Postgres makes the second insert wait
+    for the first transaction and then do nothing, and the follow-up SELECT (a new
+    snapshot under READ COMMITTED) sees the committed row.
+    """
+    parent = trace_parent if trace_parent is not None else current_traceparent()
+    request_hash = spec.request_hash() if spec.idempotency_key is not None else None
+    args = (
+        uuid.uuid4(),
+        spec.type,
+        spec.payload,
+        spec.priority,
+        spec.max_attempts,
+        spec.idempotency_key,
+        request_hash,
+        spec.timeout_s,
+        dict(spec.tags) if spec.tags else None,
+        parent,
+        spec.run_at,
+        spec.delay_s,
+    )
+    # The loop only repeats if the conflicting row vanished between our INSERT and
+    # SELECT (deleted, or its inserting transaction rolled back after we looked).
+    for _ in range(3):
+        row = await conn.fetchrow(_INSERT, *args)
+        if row is not None:
+            return row, True
+        assert spec.idempotency_key is not None
+        existing = await conn.fetchrow(_BY_KEY, spec.idempotency_key)
+        if existing is None:
+            continue
+        if existing["request_hash"] != request_hash:
+            raise IdempotencyKeyReused(spec.idempotency_key)
+        return existing, False
+    raise TaskFlowError(f"Idempotency-Key {spec.idempotency_key!r}: row kept disappearing")
+
+
+_GET = f"SELECT {TASK_COLUMNS} FROM tasks WHERE id = $1"  # noqa: S608 - constant columns
+
+
+async def get(conn: asyncpg.Connection, task_id: uuid.UUID) -> asyncpg.Record:
+    """Return the task row ``task_id``; raise :class:`NotFoundError` when there is none."""
+    row = await conn.fetchrow(_GET, task_id)
+    if row is None:
+        raise NotFoundError(f"task {task_id} not found")
+    return row
+
+
+# One round trip tells "no such task" (no row) from "no attempts yet" (one row of NULLs).
+_EXECUTIONS = """
+SELECT e.id, e.task_id, e.attempt, e.status, e.worker_id, e.error, e.error_type,
+       e.started_at, e.finished_at, e.duration_ms
+FROM tasks t LEFT JOIN task_executions e ON e.task_id = t.id
+WHERE t.id = $1
+ORDER BY e.attempt
+"""
+
+
+async def executions(conn: asyncpg.Connection, task_id: uuid.UUID) -> list[asyncpg.Record]:
+    """Return the task's execution rows ordered by attempt (``[]`` before the first run).
+
+    Columns: id, task_id, attempt, status, worker_id, error, error_type, started_at,
+    finished_at, duration_ms (render with ``rows.execution_json``). Raises
+    :class:`NotFoundError` when the task does not exist.
+    """
+    rows = await conn.fetch(_EXECUTIONS, task_id)
+    if not rows:
+        raise NotFoundError(f"task {task_id} not found")
+    return [r for r in rows if r["id"] is not None]
+
+
+# -- listing ------------------------------------------------------------------------
+
+_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+_CURSOR = struct.Struct(">Bq16s")  # version, created_at in µs since the epoch, id
+_CURSOR_VERSION = 1
+_CURSOR_TEXT = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+
+
+def encode_cursor(created_at: dt.datetime, task_id: uuid.UUID) -> str:
+    """Return the opaque cursor for "rows after (``created_at``, ``task_id``)".
+
+    Format (opaque to clients): base64url, unpadded, of a version byte, the timestamp
+    in microseconds since the Unix epoch (int64, big-endian) and the 16 id bytes.
+    """
+    micros = (created_at - _EPOCH) // dt.timedelta(microseconds=1)
+    raw = _CURSOR.pack(_CURSOR_VERSION, micros, task_id.bytes)
+    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+
+
+def decode_cursor(cursor: str) -> tuple[dt.datetime, uuid.UUID]:
+    """Invert :func:`encode_cursor`; raise :class:`InvalidCursor` for anything else."""
+    if not _CURSOR_TEXT.match(cursor):
+        raise InvalidCursor("cursor is not one this API returned")
+    try:
+        raw = base64.b64decode(cursor + "=" * (-len(cursor) % 4), altchars=b"-_", validate=True)
+        version, micros, id_bytes = _CURSOR.unpack(raw)
+        if version != _CURSOR_VERSION:
+            raise InvalidCursor("cursor is not one this API returned")
+        return _EPOCH + dt.timedelta(microseconds=micros), uuid.UUID(bytes=id_bytes)
+    except (binascii.Error, struct.error, OverflowError) as exc:
+        raise InvalidCursor("cursor is not one this API returned") from exc
+
+
+@dataclass(frozen=True, slots=True)
+class Page:
+    """One page of a listing: ``rows`` newest first; ``next_cursor`` None on the last."""
+
+    rows: Sequence[asyncpg.Record]
+    next_cursor: str | None
+
+
+async def list_tasks(
+    conn: asyncpg.Connection,
+    *,
+    status: str | None = None,
+    type: str | None = None,
+    priority: str | None = None,
+    limit: int = 50,
+    cursor: str | None = None,
+) -> Page:
+    """Return tasks newest first (``created_at DESC, id DESC``), filtered by equality.
+
+    Keyset pagination: ``cursor`` (from a previous :class:`Page`) continues strictly
+    after the last row returned, so rows inserted meanwhile never shift a page (new rows
+    are newer than every cursor and appear only on a fresh first page). ``limit`` is
+    1..200. Raises :class:`InvalidCursor` for a damaged cursor and ``ValueError`` for a
+    limit out of range. The statement is assembled from fixed fragments (values are
+    always parameters), so each filter combination is its own cached statement and can
+    use its ``tasks_<filter>_created`` index.
+    """
+    if not 1 <= limit <= MAX_LIST_LIMIT:
+        raise ValueError(f"limit must be 1..{MAX_LIST_LIMIT}")
+    where: list[str] = []
+    args: list[Any] = []
+    for column, value in (("status", status), ("type", type), ("priority", priority)):
+        if value is not None:
+            args.append(value)
+            where.append(f"{column} = ${len(args)}")
+    if cursor is not None:
+        after_at, after_id = decode_cursor(cursor)
+        args += [after_at, after_id]
+        where.append(f"(created_at, id) < (${len(args) - 1}, ${len(args)})")
+    args.append(limit + 1)
+    sql = (
+        f"SELECT {TASK_COLUMNS} FROM tasks"  # noqa: S608 - fixed fragments, values are parameters
+        + (" WHERE " + " AND ".join(where) if where else "")
+        + f" ORDER BY created_at DESC, id DESC LIMIT ${len(args)}"
+    )
+    rows = await conn.fetch(sql, *args)
+    if len(rows) <= limit:
+        return Page(rows, None)
+    last = rows[limit - 1]
+    return Page(rows[:limit], encode_cursor(last["created_at"], last["id"]))
