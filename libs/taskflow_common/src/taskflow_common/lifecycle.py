@@ -55,12 +55,27 @@ def run_service(service: str, settings_cls: type[S], main: ServiceMain[S]) -> in
     with tracing.setup(service, settings):
         try:
             _event_loop_runner()(_main())
+        except ConfigError as exc:
+            print(f"{service}: {exc}", file=sys.stderr)
+            return 2
         except TaskFlowError as exc:
             log.error("service_failed", error=f"{exc.__class__.__name__}: {exc}")
             print(f"{service}: {exc}", file=sys.stderr)
             return 1
     log.info("service_stopped")
     return 0
+
+
+async def wait_any(stop: asyncio.Event, wake: asyncio.Event | None, timeout_s: float) -> None:
+    """Return when ``stop`` or ``wake`` is set, or after ``timeout_s`` seconds."""
+    waiters = [asyncio.ensure_future(stop.wait())]
+    if wake is not None:
+        waiters.append(asyncio.ensure_future(wake.wait()))
+    try:
+        await asyncio.wait(waiters, timeout=max(timeout_s, 0.0), return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for w in waiters:
+            w.cancel()
 
 
 def _on_signal(stop: asyncio.Event, sig: signal.Signals) -> None:

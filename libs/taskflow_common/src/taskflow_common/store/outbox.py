@@ -1,0 +1,184 @@
+"""The dispatcher's SQL: the transactional outbox, dead letters to publish, lease reaping.
+
+A task is *due* when ``dispatch_pending AND run_at <= now()``. The dispatcher locks a
+batch of due rows (``FOR UPDATE SKIP LOCKED``, so two dispatchers never take the same
+row), publishes them, and records each PubAck'd publish by bumping ``dispatch_seq`` and
+clearing ``dispatch_pending`` in the same transaction. If it dies in between, the locks
+are released, the rows stay due, and the next publish reuses the same ``Nats-Msg-Id``
+(task id + dispatch number), which the server deduplicates.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import asyncpg
+
+CHANNEL = "taskflow_outbox"
+"""LISTEN channel; a trigger notifies it when a due task or a dead letter is committed."""
+
+_DUE = """
+SELECT id, attempts, dispatch_seq, priority, trace_parent
+  FROM tasks
+ WHERE dispatch_pending AND run_at <= now()
+ ORDER BY run_at
+ LIMIT $1
+   FOR UPDATE SKIP LOCKED
+"""
+
+_MARK_DISPATCHED = """
+UPDATE tasks AS t
+   SET dispatch_pending = false, dispatch_seq = u.seq, dispatched_at = now()
+  FROM unnest($1::uuid[], $2::int[]) AS u(id, seq)
+ WHERE t.id = u.id AND t.dispatch_pending AND t.dispatch_seq + 1 = u.seq
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class Due:
+    """A task to publish: message fields plus the stored trace context."""
+
+    task_id: uuid.UUID
+    attempt: int
+    dispatch: int
+    priority: str
+    trace_parent: str | None
+
+
+async def lock_due(conn: asyncpg.Connection, limit: int) -> list[Due]:
+    """Lock up to ``limit`` due tasks, oldest ``run_at`` first. Call inside a transaction.
+
+    Each :class:`Due` carries the dispatch number its message must carry (current + 1)
+    and the attempt it is meant to start (attempts + 1).
+    """
+    rows = await conn.fetch(_DUE, limit)
+    return [
+        Due(r["id"], r["attempts"] + 1, r["dispatch_seq"] + 1, r["priority"], r["trace_parent"])
+        for r in rows
+    ]
+
+
+async def mark_dispatched(conn: asyncpg.Connection, published: Sequence[Due]) -> None:
+    """Record PubAck'd publishes (same transaction as :func:`lock_due`)."""
+    if published:
+        await conn.execute(
+            _MARK_DISPATCHED, [d.task_id for d in published], [d.dispatch for d in published]
+        )
+
+
+async def next_due_in(conn: asyncpg.Connection) -> float | None:
+    """Seconds until the earliest pending task is due (<= 0: now), None when none is."""
+    return await conn.fetchval(
+        "SELECT extract(epoch FROM min(run_at) - now())::float8 FROM tasks WHERE dispatch_pending"
+    )
+
+
+_DEAD = """
+SELECT id, type, priority, attempts, last_error, finished_at, trace_parent
+  FROM tasks
+ WHERE dead_letter_pending
+ ORDER BY updated_at
+ LIMIT $1
+   FOR UPDATE SKIP LOCKED
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class DeadTask:
+    """A task that failed for good and whose dead letter is not yet on the bus."""
+
+    task_id: uuid.UUID
+    type: str
+    priority: str
+    attempts: int
+    error: str | None
+    failed_at: dt.datetime | None
+    trace_parent: str | None
+
+
+async def lock_dead(conn: asyncpg.Connection, limit: int) -> list[DeadTask]:
+    """Lock up to ``limit`` tasks whose dead letter is pending. Call inside a transaction."""
+    rows = await conn.fetch(_DEAD, limit)
+    return [
+        DeadTask(
+            r["id"],
+            r["type"],
+            r["priority"],
+            r["attempts"],
+            r["last_error"],
+            r["finished_at"],
+            r["trace_parent"],
+        )
+        for r in rows
+    ]
+
+
+async def mark_dead_published(conn: asyncpg.Connection, task_ids: Sequence[uuid.UUID]) -> None:
+    """Clear ``dead_letter_pending`` for PubAck'd dead letters (same transaction)."""
+    if task_ids:
+        await conn.execute(
+            "UPDATE tasks SET dead_letter_pending = false WHERE id = ANY($1::uuid[])",
+            list(task_ids),
+        )
+
+
+async def redispatch_waiting(conn: asyncpg.Connection, older_than_s: float = 0.0) -> int:
+    """Mark published-but-unclaimed tasks due again; return how many.
+
+    With ``older_than_s == 0`` every such task is re-queued: used when the task stream
+    was found recreated (its messages are gone). With a positive age it is the safety
+    net for a message lost any other way. A copy that still exists is fenced by the
+    dispatch number and acked as stale.
+    """
+    status = await conn.execute(
+        """UPDATE tasks SET dispatch_pending = true
+            WHERE status IN ('queued', 'retrying') AND NOT dispatch_pending
+              AND dispatched_at <= now() - make_interval(secs => $1)""",
+        older_than_s,
+    )
+    return int(status.split()[-1])
+
+
+@dataclass(frozen=True, slots=True)
+class Expired:
+    """A ``started`` execution whose lease ran out while its task still points at it."""
+
+    task_id: uuid.UUID
+    attempt: int
+    failed_attempts: int
+    worker_id: str
+
+
+async def expired_leases(conn: asyncpg.Connection, limit: int) -> list[Expired]:
+    """List up to ``limit`` running attempts whose worker stopped renewing the lease."""
+    rows = await conn.fetch(
+        """SELECT e.task_id, e.attempt, t.failed_attempts, e.worker_id
+             FROM task_executions e
+             JOIN tasks t ON t.id = e.task_id AND t.attempts = e.attempt
+                         AND t.status = 'processing'
+            WHERE e.status = 'started' AND e.lease_expires_at < now()
+            ORDER BY e.lease_expires_at
+            LIMIT $1""",
+        limit,
+    )
+    return [Expired(r["task_id"], r["attempt"], r["failed_attempts"], r["worker_id"]) for r in rows]
+
+
+async def close_orphans(conn: asyncpg.Connection) -> int:
+    """End ``started`` executions with an expired lease whose task has moved on.
+
+    (e.g. the task was cancelled while its worker was gone). Returns how many.
+    """
+    status = await conn.execute(
+        """UPDATE task_executions e
+              SET status = 'abandoned', finished_at = now(),
+                  error = coalesce(e.error, 'worker lost (lease expired) after the task moved on'),
+                  duration_ms = extract(epoch FROM now() - e.started_at) * 1000
+            WHERE e.status = 'started' AND e.lease_expires_at < now()
+              AND NOT EXISTS (SELECT 1 FROM tasks t WHERE t.id = e.task_id
+                                 AND t.status = 'processing' AND t.attempts = e.attempt)"""
+    )
+    return int(status.split()[-1])

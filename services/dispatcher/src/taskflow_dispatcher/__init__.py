@@ -1,0 +1,1 @@
+"""TaskFlow dispatcher: publishes due tasks and dead letters from Postgres to JetStream."""

@@ -1,0 +1,311 @@
+"""The dispatcher: the only path from Postgres to JetStream.
+
+Four loops share one pool and one NATS connection:
+
+- **outbox**: publish due tasks (and pending dead letters) in batches with async
+  PubAcks; record each acked publish in the same transaction that locked the rows.
+  Woken by ``LISTEN taskflow_outbox`` within milliseconds of a commit; otherwise it
+  sleeps until the next ``run_at`` or ``DISPATCHER_POLL_INTERVAL``, whichever is first,
+  so a lost notification delays, never loses;
+- **listener**: keeps the LISTEN connection alive across Postgres restarts;
+- **reaper**: ends attempts whose lease expired (worker gone) as ``abandoned`` and
+  schedules the retry; re-queues tasks published but unclaimed for too long;
+- **stream watch**: recreates the streams if they vanish (NATS restarted on an empty
+  store) and re-queues every published-but-unclaimed task, whose messages are gone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import asyncpg
+from nats.js import api
+from opentelemetry import trace
+
+from taskflow_common import db as dbmod
+from taskflow_common import tracing
+from taskflow_common.backoff import backoff_delay
+from taskflow_common.bus import TRANSIENT_ERRORS as NATS_ERRORS
+from taskflow_common.bus import Bus, connect
+from taskflow_common.db import TRANSIENT_ERRORS as PG_ERRORS
+from taskflow_common.db import Database, open_pool
+from taskflow_common.errors import UnavailableError
+from taskflow_common.lifecycle import ready, wait_any
+from taskflow_common.logs import get_logger
+from taskflow_common.messages import DeadLetter, TaskMessage
+from taskflow_common.store import attempts, outbox
+from taskflow_common.store.rows import rfc3339
+from taskflow_common.subjects import HEADER_MSG_ID, HEADER_TRACEPARENT, Names
+from taskflow_dispatcher.settings import DispatcherSettings
+
+log = get_logger(__name__)
+OUTAGE = (UnavailableError, *PG_ERRORS, *NATS_ERRORS)
+
+
+class Dispatcher:
+    """Publishes due work; see the module docstring for the loops."""
+
+    def __init__(self, settings: DispatcherSettings, db: Database, bus: Bus) -> None:
+        self.settings = settings
+        self.db = db
+        self.bus = bus
+        self.names: Names = bus.names
+        self.wake = asyncio.Event()
+        self.tracer = trace.get_tracer("taskflow.dispatcher")
+        self.stream_created: str | None = None
+
+    # -- outbox ---------------------------------------------------------------------------
+
+    async def publish_due(self) -> int:
+        """Publish one batch of due tasks; return how many were PubAck'd.
+
+        Raises UnavailableError (or a driver error) when nothing could be published.
+        """
+        async with self.db.acquire() as conn, conn.transaction():
+            due = await outbox.lock_due(conn, self.settings.batch_size)
+            if not due:
+                return 0
+            items = []
+            spans = []
+            for d in due:
+                span = self.tracer.start_span(
+                    "task publish",
+                    context=tracing.context_from_traceparent(d.trace_parent),
+                    kind=trace.SpanKind.PRODUCER,
+                    attributes={
+                        "taskflow.task_id": str(d.task_id),
+                        "taskflow.attempt": d.attempt,
+                        "messaging.destination.name": self.names.task_subject(d.priority),  # type: ignore[arg-type]
+                    },
+                )
+                spans.append(span)
+                headers = {HEADER_MSG_ID: self.names.task_msg_id(str(d.task_id), d.dispatch)}
+                if d.trace_parent:
+                    # Attempts are children of the submitting request (see issue design).
+                    headers[HEADER_TRACEPARENT] = d.trace_parent
+                message = TaskMessage(d.task_id, d.attempt, d.dispatch, d.priority)  # type: ignore[arg-type]
+                items.append(
+                    (self.names.task_subject(d.priority), message.encode(), headers)  # type: ignore[arg-type]
+                )
+            results = await self.bus.publish_batch(items)
+            published = []
+            errors: list[BaseException] = []
+            for d, result, span in zip(due, results, spans, strict=True):
+                if isinstance(result, api.PubAck):
+                    published.append(d)
+                else:
+                    errors.append(result)
+                    span.set_status(trace.StatusCode.ERROR, repr(result))
+                span.end()
+            await outbox.mark_dispatched(conn, published)
+        if published:
+            await self.bus.ring(sorted({d.priority for d in published}))  # type: ignore[arg-type]
+            if log.is_enabled(10):
+                for d in published:
+                    log.debug("task_published", task_id=str(d.task_id), attempt=d.attempt)
+        if errors and not published:
+            raise UnavailableError(f"publish failed for {len(errors)} tasks: {errors[0]!r}")
+        return len(published)
+
+    async def publish_dead_letters(self) -> int:
+        """Publish pending dead letters to ``<prefix>.dlq``; return how many."""
+        async with self.db.acquire() as conn, conn.transaction():
+            dead = await outbox.lock_dead(conn, 100)
+            if not dead:
+                return 0
+            items = []
+            for t in dead:
+                letter = DeadLetter(
+                    reason="failed",
+                    task_id=t.task_id,
+                    type=t.type,
+                    priority=t.priority,
+                    attempts=t.attempts,
+                    error=t.error,
+                    failed_at=rfc3339(t.failed_at),
+                    trace_id=tracing.trace_id_of(t.trace_parent),
+                )
+                headers = {HEADER_MSG_ID: self.names.dlq_msg_id(str(t.task_id), t.attempts)}
+                if t.trace_parent:
+                    headers[HEADER_TRACEPARENT] = t.trace_parent
+                items.append((self.names.dlq_subject, letter.encode(), headers))
+            results = await self.bus.publish_batch(items)
+            done = [t for t, r in zip(dead, results, strict=True) if isinstance(r, api.PubAck)]
+            await outbox.mark_dead_published(conn, [t.task_id for t in done])
+        for t in done:
+            with self.tracer.start_as_current_span(
+                "task dead-letter",
+                context=tracing.context_from_traceparent(t.trace_parent),
+                kind=trace.SpanKind.PRODUCER,
+                attributes={"taskflow.task_id": str(t.task_id), "taskflow.attempt": t.attempts},
+            ):
+                log.warning(
+                    "task_dead_lettered",
+                    task_id=str(t.task_id),
+                    type=t.type,
+                    attempt=t.attempts,
+                    error=t.error,
+                )
+        if len(done) < len(dead) and not done:
+            raise UnavailableError("dead-letter publish failed")
+        return len(done)
+
+    async def outbox_loop(self, stop: asyncio.Event) -> None:
+        """Publish due work until ``stop``; back off while NATS or Postgres is down."""
+        delay = 0.05
+        while not stop.is_set():
+            self.wake.clear()
+            try:
+                n = await self.publish_due()
+                n += await self.publish_dead_letters()
+                async with self.db.acquire() as conn:
+                    next_due = await outbox.next_due_in(conn)
+            except OUTAGE as exc:
+                log.warning("dispatch_unavailable", error=repr(exc), retry_in_s=delay)
+                await wait_any(stop, None, delay)
+                delay = min(delay * 2, 2.0)
+                continue
+            delay = 0.05
+            if n >= self.settings.batch_size or (next_due is not None and next_due <= 0):
+                continue
+            timeout = self.settings.poll_interval
+            if next_due is not None:
+                timeout = min(timeout, next_due)
+            await wait_any(stop, self.wake, timeout)
+
+    # -- LISTEN ------------------------------------------------------------------------------
+
+    async def listener_loop(self, stop: asyncio.Event) -> None:
+        """Hold a LISTEN connection; reconnect after Postgres restarts."""
+
+        def notified(*_: Any) -> None:
+            self.wake.set()
+
+        while not stop.is_set():
+            conn: asyncpg.Connection | None = None
+            try:
+                conn = await dbmod.connect(self.settings)
+                await conn.add_listener(outbox.CHANNEL, notified)
+                self.wake.set()  # catch up on anything committed while we were away
+                while not stop.is_set() and not conn.is_closed():
+                    await wait_any(stop, None, 1.0)
+                    await conn.fetchval("SELECT 1")  # notices a dead connection
+            except PG_ERRORS as exc:
+                log.warning("listen_unavailable", error=repr(exc))
+                await wait_any(stop, None, 1.0)
+            finally:
+                if conn is not None and not conn.is_closed():
+                    with contextlib.suppress(*PG_ERRORS):
+                        await conn.close(timeout=2)
+
+    # -- reaper ------------------------------------------------------------------------------
+
+    async def reap_once(self) -> int:
+        """Abandon attempts whose lease expired; return how many."""
+        s = self.settings
+        count = 0
+        async with self.db.acquire() as conn:
+            for e in await outbox.expired_leases(conn, 200):
+                outcome = await attempts.abandon(
+                    conn,
+                    e.task_id,
+                    e.attempt,
+                    reason=f"worker {e.worker_id} lost: lease expired before the attempt ended",
+                    backoff_s=backoff_delay(
+                        e.failed_attempts + 1, s.worker_backoff_base, s.worker_backoff_max
+                    ),
+                )
+                if outcome is not None:
+                    count += 1
+                    log.warning(
+                        "attempt_abandoned",
+                        task_id=str(e.task_id),
+                        attempt=e.attempt,
+                        worker_id=e.worker_id,
+                        task_status=outcome.status,
+                    )
+            await outbox.close_orphans(conn)
+            requeued = await outbox.redispatch_waiting(conn, s.redispatch_after)
+            if requeued:
+                log.warning("tasks_redispatched", count=requeued, reason="unclaimed too long")
+        return count
+
+    async def reaper_loop(self, stop: asyncio.Event) -> None:
+        """Run :meth:`reap_once` every ``DISPATCHER_REAP_INTERVAL``."""
+        while not stop.is_set():
+            try:
+                await self.reap_once()
+            except OUTAGE as exc:
+                log.warning("reaper_unavailable", error=repr(exc))
+            await wait_any(stop, None, self.settings.reap_interval)
+
+    # -- stream watch --------------------------------------------------------------------------
+
+    async def check_stream(self) -> None:
+        """Recreate vanished streams; re-queue published-but-unclaimed tasks if so."""
+        created = await self.bus.stream_created_at()
+        if created is None:
+            await self.bus.ensure_streams()
+            created = await self.bus.stream_created_at()
+        if created != self.stream_created:
+            if self.stream_created is not None:
+                async with self.db.acquire() as conn:
+                    n = await outbox.redispatch_waiting(conn, 0.0)
+                log.warning("stream_recreated", stream=self.names.stream, requeued=n)
+                self.wake.set()
+            self.stream_created = created
+
+    async def stream_loop(self, stop: asyncio.Event) -> None:
+        """Run :meth:`check_stream` every ``DISPATCHER_STREAM_CHECK_INTERVAL``."""
+        while not stop.is_set():
+            if self.bus.connected:
+                try:
+                    await self.check_stream()
+                except OUTAGE as exc:
+                    log.warning("stream_check_unavailable", error=repr(exc))
+            await wait_any(stop, None, self.settings.stream_check_interval)
+
+    async def start(self, stop: asyncio.Event) -> None:
+        """Make sure the streams exist (retrying while NATS is down)."""
+        while not stop.is_set():
+            try:
+                created = await self.bus.ensure_streams()
+                self.stream_created = await self.bus.stream_created_at()
+                if created:
+                    async with self.db.acquire() as conn:
+                        await outbox.redispatch_waiting(conn, 0.0)
+                return
+            except OUTAGE as exc:
+                log.warning("streams_unavailable", error=repr(exc))
+                await wait_any(stop, None, 1.0)
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Run all loops until ``stop`` is set."""
+        loops: list[Callable[[asyncio.Event], Awaitable[None]]] = [
+            self.outbox_loop,
+            self.listener_loop,
+            self.reaper_loop,
+            self.stream_loop,
+        ]
+        async with asyncio.TaskGroup() as group:
+            for loop in loops:
+                group.create_task(loop(stop))
+
+
+async def serve(settings: DispatcherSettings, stop: asyncio.Event) -> None:
+    """Service body for :func:`taskflow_common.lifecycle.run_service`."""
+    try:
+        async with (
+            open_pool(settings, min_size=1, max_size=4) as db,
+            connect(settings, "taskflow-dispatcher", stop=stop) as bus,
+        ):
+            dispatcher = Dispatcher(settings, db, bus)
+            await dispatcher.start(stop)
+            ready(stream=bus.names.stream)
+            await dispatcher.run(stop)
+    except UnavailableError:
+        if not stop.is_set():
+            raise

@@ -1,0 +1,18 @@
+"""Dispatcher settings (environment variables on top of the common ones)."""
+
+from __future__ import annotations
+
+from pydantic import Field
+
+from taskflow_common.config import CommonSettings, Duration
+
+
+class DispatcherSettings(CommonSettings):
+    """``DISPATCHER_*`` variables. Durations in seconds once parsed."""
+
+    batch_size: int = Field(500, alias="DISPATCHER_BATCH_SIZE", ge=1, le=10_000)
+    poll_interval: Duration = Field(1.0, alias="DISPATCHER_POLL_INTERVAL", gt=0)
+    reap_interval: Duration = Field(1.0, alias="DISPATCHER_REAP_INTERVAL", gt=0)
+    stream_check_interval: Duration = Field(1.0, alias="DISPATCHER_STREAM_CHECK_INTERVAL", gt=0)
+    redispatch_after: Duration = Field(900.0, alias="DISPATCHER_REDISPATCH_AFTER", gt=0)
+    metrics_port: int = Field(0, alias="DISPATCHER_METRICS_PORT", ge=0, le=65535)

@@ -1,0 +1,73 @@
+"""Handlers for fault tests and for reproducing faults by hand.
+
+Load with ``WORKER_HANDLERS=taskflow_worker.builtin,taskflow_worker.testing``.
+Payload keys (all optional): ``sleep_s`` (float, seconds).
+
+- ``test.sleep``: sleep ``sleep_s`` (default 1), return ``{"slept_s": ...}``;
+- ``test.flaky``: fail with ``RuntimeError`` while ``ctx.attempt <= payload["fail_times"]``,
+  then return ``{"attempt": n}``;
+- ``test.always_fail``: always raise ``RuntimeError`` (retryable);
+- ``test.block``: block the event loop with ``time.sleep(sleep_s)`` (a misbehaving handler);
+- ``test.crash``: SIGKILL the worker process (after ``sleep_s``, default 0);
+- ``test.unserializable``: return a value JSON cannot hold (a set).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import time
+from typing import Any
+
+from taskflow_worker.handlers import TaskContext, handler
+
+
+def _seconds(payload: Any, default: float) -> float:
+    value = payload.get("sleep_s", default) if isinstance(payload, dict) else default
+    return float(value) if isinstance(value, int | float) else default
+
+
+@handler("test.sleep")
+async def sleep(ctx: TaskContext, payload: Any) -> Any:
+    """Sleep cooperatively for ``sleep_s`` seconds."""
+    seconds = _seconds(payload, 1.0)
+    await asyncio.sleep(seconds)
+    return {"slept_s": seconds}
+
+
+@handler("test.flaky")
+async def flaky(ctx: TaskContext, payload: Any) -> Any:
+    """Fail (retryably) on the first ``fail_times`` attempts, then succeed."""
+    fail_times = payload.get("fail_times", 1) if isinstance(payload, dict) else 1
+    if ctx.attempt <= int(fail_times):
+        raise RuntimeError(f"flaky failure on attempt {ctx.attempt}")
+    return {"attempt": ctx.attempt}
+
+
+@handler("test.always_fail")
+async def always_fail(ctx: TaskContext, payload: Any) -> Any:
+    """Fail retryably every time."""
+    raise RuntimeError(f"always fails (attempt {ctx.attempt})")
+
+
+@handler("test.block")
+async def block(ctx: TaskContext, payload: Any) -> Any:
+    """Block the whole event loop for ``sleep_s`` seconds (no await)."""
+    seconds = _seconds(payload, 1.0)
+    time.sleep(seconds)  # noqa: ASYNC251 - blocking on purpose: that is the fault
+    return {"blocked_s": seconds}
+
+
+@handler("test.crash")
+async def crash(ctx: TaskContext, payload: Any) -> Any:
+    """SIGKILL this worker process after ``sleep_s`` seconds."""
+    await asyncio.sleep(_seconds(payload, 0.0))
+    os.kill(os.getpid(), signal.SIGKILL)
+    return None  # pragma: no cover
+
+
+@handler("test.unserializable")
+async def unserializable(ctx: TaskContext, payload: Any) -> Any:
+    """Return a set, which JSON cannot represent."""
+    return {1, 2, 3}
