@@ -7,6 +7,7 @@ base 0.5 s) with the same ratios between them.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import signal
 import uuid
 from collections.abc import AsyncIterator
@@ -15,7 +16,6 @@ import nats
 import pytest
 
 from taskflow_common.messages import TaskMessage
-
 from tests.support.procs import ServiceFactory
 from tests.support.stack import Stack, parse_ts
 from tests.support.waiting import wait_for
@@ -128,7 +128,7 @@ async def test_transient_failures_retry_with_backoff_then_succeed(stack: Stack) 
     assert done["result"] == {"attempt": 3}
     execs = await stack.executions(task["id"])
     assert [e["status"] for e in execs] == ["failed", "failed", "succeeded"]
-    for n, (prev, nxt) in enumerate(zip(execs, execs[1:], strict=False), start=1):
+    for n, (prev, nxt) in enumerate(itertools.pairwise(execs), start=1):
         gap = (parse_ts(nxt["started_at"]) - parse_ts(prev["finished_at"])).total_seconds()  # type: ignore[operator]
         floor = BACKOFF_BASE_S * 2 ** (n - 1)
         assert gap >= floor, f"gap {gap:.3f}s after attempt {n} is under the {floor}s floor"
