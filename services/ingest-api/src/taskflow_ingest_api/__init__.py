@@ -1,0 +1,1 @@
+"""TaskFlow ingest API: accepts tasks over REST and stores them in Postgres."""

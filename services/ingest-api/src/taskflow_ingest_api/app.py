@@ -1,0 +1,153 @@
+"""Build the Falcon ASGI app (:func:`create_app`) and serve it with uvicorn (:func:`serve`).
+
+The app owns its resources through the ASGI lifespan: on start-up it opens the asyncpg
+pool and starts connecting to NATS in the background (the API takes tasks while NATS is
+down: the dispatcher publishes them later); on shutdown it closes both. Postgres being
+down at start-up does not stop the API either: requests then get 503 ``unavailable`` and
+``/api/v1/ready`` says so until Postgres answers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from contextlib import AsyncExitStack
+from typing import Any
+
+import falcon
+import falcon.asgi
+import falcon.media
+import orjson
+import uvicorn
+
+from taskflow_common import bus as nats_bus
+from taskflow_common.db import open_pool
+from taskflow_common.errors import TaskFlowError, UnavailableError
+from taskflow_common.lifecycle import ready
+from taskflow_common.logs import get_logger
+from taskflow_ingest_api import problems
+from taskflow_ingest_api.middleware import BodyLimit, RequestContext
+from taskflow_ingest_api.resources import Deps, add_routes
+from taskflow_ingest_api.settings import ApiSettings
+
+__all__ = ["Deps", "create_app", "serve"]
+
+log = get_logger(__name__)
+
+SERVICE = "ingest-api"
+GRACEFUL_SHUTDOWN_S = 10
+"""How long in-flight requests may take to finish after SIGTERM (seconds)."""
+
+
+class StartupFailed(TaskFlowError):
+    """uvicorn could not start (port in use, lifespan start-up failed)."""
+
+
+class Lifespan:
+    """Lifespan middleware: opens the pool and the NATS connection, closes them on exit.
+
+    Only what it opened is closed; ``deps.db``/``deps.bus`` given by the caller are
+    left alone.
+    """
+
+    def __init__(self, settings: ApiSettings, deps: Deps) -> None:
+        self._settings = settings
+        self._deps = deps
+        self._stack = AsyncExitStack()
+
+    async def process_startup(self, scope: dict[str, Any], event: dict[str, Any]) -> None:
+        """Open the pool (``DB_POOL_MIN`` connections, or none while Postgres is down)."""
+        deps, settings = self._deps, self._settings
+        if deps.db is None:
+            try:
+                deps.db = await self._stack.enter_async_context(open_pool(settings))
+            except UnavailableError as exc:
+                # Start anyway with an empty pool: /ready reports 503 and requests
+                # get 503 until Postgres answers; the pool connects on demand.
+                log.warning("postgres_unavailable", error=str(exc))
+                deps.db = await self._stack.enter_async_context(open_pool(settings, min_size=0))
+            self._stack.callback(setattr, deps, "db", None)
+        if deps.bus is None:
+            deps.bus = await self._stack.enter_async_context(
+                nats_bus.connect(settings, SERVICE, wait=False)
+            )
+            self._stack.callback(setattr, deps, "bus", None)
+
+    async def process_shutdown(self, scope: dict[str, Any], event: dict[str, Any]) -> None:
+        """Close what start-up opened (the pool waits for in-flight queries, 5 s max)."""
+        await self._stack.aclose()
+
+
+def create_app(settings: ApiSettings, deps: Deps | None = None) -> falcon.asgi.App:
+    """Return the ASGI app: routes, problem+json errors, orjson, middleware, lifespan.
+
+    ``deps`` defaults to a fresh :class:`Deps` (global tracer, pool and NATS opened at
+    start-up).
+    """
+    deps = deps or Deps()
+    app = falcon.asgi.App(
+        middleware=[
+            RequestContext(deps.tracer),
+            BodyLimit(settings.max_body_bytes),
+            Lifespan(settings, deps),
+        ],
+    )
+    json_handler = falcon.media.JSONHandler(dumps=orjson.dumps, loads=orjson.loads)
+    app.req_options.media_handlers[falcon.MEDIA_JSON] = json_handler
+    app.resp_options.media_handlers[falcon.MEDIA_JSON] = json_handler
+    app.req_options.strip_url_path_trailing_slash = True
+    problems.install(app)
+    add_routes(app, settings, deps)
+    return app
+
+
+async def serve(settings: ApiSettings, stop: asyncio.Event) -> None:
+    """Serve the API on ``HTTP_HOST:HTTP_PORT`` until ``stop`` is set.
+
+    Logs ``service_ready`` with the bound host and port once uvicorn listens (port 0
+    picks a free port). Raises :class:`StartupFailed` when uvicorn cannot start.
+    """
+    config = uvicorn.Config(
+        create_app(settings),
+        host=settings.http_host,
+        port=settings.http_port,
+        loop="uvloop",
+        http="httptools",
+        lifespan="on",
+        access_log=False,
+        log_config=None,
+        server_header=False,
+        timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S,
+    )
+    server = uvicorn.Server(config)
+    serving = asyncio.create_task(_serve(server))
+    stopping = asyncio.create_task(stop.wait())
+    try:
+        # uvicorn offers no start-up callback: poll its flag (cheap, start-up only).
+        while not server.started and not serving.done() and not stop.is_set():
+            await asyncio.wait({serving, stopping}, timeout=0.01)
+        if server.started:
+            host, port = server.servers[0].sockets[0].getsockname()[:2]
+            ready(host=host, port=port)
+        await asyncio.wait({serving, stopping}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        server.should_exit = True
+        stopping.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await stopping
+        started = await serving
+    if not started:
+        raise StartupFailed(
+            f"could not start serving on {settings.http_host}:{settings.http_port} "
+            "(see the log above)"
+        )
+
+
+async def _serve(server: uvicorn.Server) -> bool:
+    """Run uvicorn; return whether it had started. uvicorn calls sys.exit on start-up
+    failures (port in use, lifespan error); turn that into a return value."""
+    try:
+        await server.serve()
+    except SystemExit:
+        return False
+    return server.started

@@ -1,0 +1,21 @@
+"""Settings of the ingest API (environment variable names are the field aliases)."""
+
+from __future__ import annotations
+
+from pydantic import Field
+
+from taskflow_common.config import CommonSettings
+
+
+class ApiSettings(CommonSettings):
+    """``CommonSettings`` plus where to listen and how much of a request to accept.
+
+    ``HTTP_HOST`` defaults to loopback (the Docker image sets ``0.0.0.0``);
+    ``MAX_BODY_BYTES`` bounds a request body in bytes (default 1 MiB, larger → 413);
+    ``MAX_JSON_DEPTH`` bounds how deeply a payload's arrays/objects may nest (→ 422).
+    """
+
+    http_host: str = Field("127.0.0.1", alias="HTTP_HOST", min_length=1)
+    http_port: int = Field(8080, alias="HTTP_PORT", ge=0, le=65535)
+    max_body_bytes: int = Field(1024 * 1024, alias="MAX_BODY_BYTES", ge=1024, le=64 * 1024 * 1024)
+    max_json_depth: int = Field(64, alias="MAX_JSON_DEPTH", ge=1, le=128)
