@@ -41,7 +41,7 @@ def env(service_env: dict[str, str]) -> dict[str, str]:
 
 
 @pytest.fixture
-async def stack(services: ServiceFactory, env: dict[str, str]) -> AsyncIterator[Stack]:
+async def stack(env: dict[str, str], services: ServiceFactory) -> AsyncIterator[Stack]:
     s = await Stack(services, env).start()
     try:
         yield s
@@ -182,7 +182,7 @@ async def test_task_longer_than_ack_wait_runs_once(stack: Stack) -> None:
 
 
 async def test_high_priority_overtakes_a_low_backlog(
-    services: ServiceFactory, env: dict[str, str]
+    env: dict[str, str], services: ServiceFactory
 ) -> None:
     stack = Stack(services, env)
     await stack.start(workers=0, dlq=False)

@@ -229,9 +229,9 @@ class Bus:
                 return True
             current = info.config
             if (
-                current.subjects != config.subjects
-                or current.max_age != config.max_age
-                or current.duplicate_window != config.duplicate_window
+                sorted(current.subjects or []) != sorted(config.subjects or [])
+                or abs((current.max_age or 0.0) - (config.max_age or 0.0)) > 1e-3
+                or abs((current.duplicate_window or 0.0) - (config.duplicate_window or 0.0)) > 1e-3
             ):
                 await self.js.update_stream(config)
                 log.info("stream_updated", stream=config.name)
@@ -395,7 +395,9 @@ class Puller:
     async def open(self) -> None:
         """Subscribe to this puller's private inbox."""
         self._inbox = self._nc.new_inbox()
-        self._sub = await self._nc.subscribe(self._inbox, pending_msgs_limit=-1, pending_bytes_limit=-1)
+        self._sub = await self._nc.subscribe(
+            self._inbox, pending_msgs_limit=-1, pending_bytes_limit=-1
+        )
 
     async def close(self) -> None:
         """Unsubscribe the inbox."""
@@ -409,7 +411,8 @@ class Puller:
         Raises :class:`ConsumerGone` when the server says the consumer or stream does not
         exist, :class:`UnavailableError` when NATS does not answer within ``timeout_s``.
         """
-        assert self._sub is not None and n >= 1
+        assert self._sub is not None
+        assert n >= 1
         async with self._lock:
             msgs: list[Msg] = []
             # Anything that arrived after an earlier pull gave up waiting is ours.
