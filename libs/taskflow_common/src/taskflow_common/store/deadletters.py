@@ -25,9 +25,10 @@ from typing import Any, Literal
 import asyncpg
 import orjson
 
-from taskflow_common.errors import InvalidStateError, NotFoundError, TaskFlowError
+from taskflow_common.errors import InvalidStateError, NotFoundError
 from taskflow_common.messages import DeadLetter
 from taskflow_common.store.rows import TASK_COLUMNS, rfc3339
+from taskflow_common.store.tasks import InvalidCursor
 
 DeadLetterStatus = Literal["open", "replayed", "discarded"]
 DEAD_LETTER_STATUSES: tuple[DeadLetterStatus, ...] = ("open", "replayed", "discarded")
@@ -54,10 +55,6 @@ _COLUMNS = (
 _EXECUTION_COLUMNS = (
     "id, task_id, attempt, status, worker_id, error, started_at, finished_at, duration_ms"
 )
-
-
-class InvalidCursorError(TaskFlowError, ValueError):
-    """A pagination cursor that this module did not produce (HTTP 400 ``invalid_cursor``)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,7 +150,7 @@ def encode_cursor(failed_at: dt.datetime, dead_letter_id: uuid.UUID) -> str:
 
 
 def decode_cursor(cursor: str) -> tuple[dt.datetime, uuid.UUID]:
-    """Inverse of :func:`encode_cursor`; raise :class:`InvalidCursorError` for anything else."""
+    """Inverse of :func:`encode_cursor`; raise :class:`InvalidCursor` for anything else."""
     try:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
         when, ident = orjson.loads(raw)
@@ -162,7 +159,7 @@ def decode_cursor(cursor: str) -> tuple[dt.datetime, uuid.UUID]:
             raise ValueError("naive timestamp")
         return at, uuid.UUID(ident)
     except (ValueError, TypeError, binascii.Error, orjson.JSONDecodeError) as exc:
-        raise InvalidCursorError("cursor is not one this API returned") from exc
+        raise InvalidCursor("cursor is not one this API returned") from exc
 
 
 def _like(text: str) -> str:
@@ -185,7 +182,7 @@ async def list_dead_letters(
     or the reason (``%`` and ``_`` match literally); ``status`` one of
     :data:`DEAD_LETTER_STATUSES`. ``limit`` is clamped to 1..200. ``cursor`` is a
     previous page's ``next_cursor``; pages stay stable while new dead letters arrive.
-    Raises :class:`InvalidCursorError` for a cursor this module did not produce.
+    Raises :class:`InvalidCursor` for a cursor this module did not produce.
     """
     limit = max(1, min(limit, MAX_LIMIT))
     where: list[str] = []
