@@ -33,16 +33,15 @@ from urllib.parse import urlsplit, urlunsplit
 import asyncpg
 
 from taskflow_common import migrate
-from taskflow_common.devstack.servers import (
+from taskflow_common.devstack.postgres import PostgresServer, pg_work_dir
+from taskflow_common.devstack.processes import (
     DevStackError,
-    NatsServer,
-    PostgresServer,
-    _tail,
-    pg_work_dir,
     pid_alive,
     preferred_port,
     stop_pid,
+    tail_file,
 )
+from taskflow_common.devstack.servers import NatsServer
 
 PG_PORT = 15432
 NATS_PORT = 14222
@@ -114,7 +113,7 @@ class Service:
 
     def tail(self, lines: int = 30) -> str:
         """Return the last ``lines`` lines of its log."""
-        return _tail(self.log_file, lines)
+        return tail_file(self.log_file, lines)
 
 
 @dataclass
