@@ -200,6 +200,14 @@ class Worker:
                 log.warning("claim_unavailable", error=repr(exc))
                 await _settle(msg.nak(delay=self._redelivery_delay(msg)))
                 return
+            except Exception as exc:
+                # Anything else (a value Postgres refuses, a bug) must not leak the
+                # delivery: unsettled messages count against max_ack_pending until their
+                # ack wait ends and can stall the consumer. An attempt left open ends
+                # through its lease.
+                log.error("handle_failed", error=f"{exc.__class__.__name__}: {exc}")
+                await _settle(msg.nak(delay=self._redelivery_delay(msg)))
+                return
             if outcome == "settled":
                 return
             await _settle(msg.ack_sync(timeout=5))

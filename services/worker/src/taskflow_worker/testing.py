@@ -9,7 +9,9 @@ Payload keys (all optional): ``sleep_s`` (float, seconds).
 - ``test.always_fail``: always raise ``RuntimeError`` (retryable);
 - ``test.block``: block the event loop with ``time.sleep(sleep_s)`` (a misbehaving handler);
 - ``test.crash``: SIGKILL the worker process (after ``sleep_s``, default 0);
-- ``test.unserializable``: return a value JSON cannot hold (a set).
+- ``test.unserializable``: return a value JSON cannot hold (a set);
+- ``test.unstorable``: return JSON that Postgres' ``jsonb`` refuses (a ``\\u0000``);
+- ``test.nul_error``: raise an error whose message holds a NUL byte (not valid ``text``).
 """
 
 from __future__ import annotations
@@ -71,3 +73,15 @@ async def crash(ctx: TaskContext, payload: Any) -> Any:
 async def unserializable(ctx: TaskContext, payload: Any) -> Any:
     """Return a set, which JSON cannot represent."""
     return {1, 2, 3}
+
+
+@handler("test.unstorable")
+async def unstorable(ctx: TaskContext, payload: Any) -> Any:
+    """Return valid JSON that ``jsonb`` cannot store (a NUL character in a string)."""
+    return {"text": "nul \x00 inside"}
+
+
+@handler("test.nul_error")
+async def nul_error(ctx: TaskContext, payload: Any) -> Any:
+    """Fail with a message Postgres cannot store as ``text`` (it holds a NUL byte)."""
+    raise RuntimeError("bad byte \x00 in the message")

@@ -23,6 +23,16 @@ from typing import Any, Literal
 
 import asyncpg
 
+
+def storable(text: str) -> str:
+    """Return ``text`` as Postgres ``text`` accepts it: NUL characters become U+FFFD.
+
+    Error messages come from handlers and may hold any character; Postgres refuses a
+    NUL in ``text`` (a DataError), which would leave the attempt unrecorded.
+    """
+    return text.replace("\x00", "\ufffd")
+
+
 # --- claim -----------------------------------------------------------------------------
 
 # A message may claim when it carries the task's current dispatch (the dispatcher
@@ -209,7 +219,15 @@ async def fail(
     this was its last counted attempt. Returns None when the attempt was fenced.
     """
     row = await conn.fetchrow(
-        _FAIL, task_id, attempt, error, error_type, permanent, backoff_s, "failed", False
+        _FAIL,
+        task_id,
+        attempt,
+        storable(error),
+        storable(error_type),
+        permanent,
+        backoff_s,
+        "failed",
+        False,
     )
     return Failure(row["status"], row["failed_attempts"], row["run_at"]) if row else None
 
@@ -223,7 +241,15 @@ async def abandon(
     dispatcher's lease reaper. Returns None when the lease is live or already handled.
     """
     row = await conn.fetchrow(
-        _FAIL, task_id, attempt, reason, "LeaseExpired", False, backoff_s, "abandoned", True
+        _FAIL,
+        task_id,
+        attempt,
+        storable(reason),
+        "LeaseExpired",
+        False,
+        backoff_s,
+        "abandoned",
+        True,
     )
     return Failure(row["status"], row["failed_attempts"], row["run_at"]) if row else None
 
@@ -251,7 +277,10 @@ async def interrupt(
     Not counted against ``max_attempts``. The caller then naks the message, whose
     redelivery claims the task again. False when the attempt was fenced.
     """
-    return await conn.fetchval(_INTERRUPT, task_id, attempt, reason, "interrupted") is not None
+    return (
+        await conn.fetchval(_INTERRUPT, task_id, attempt, storable(reason), "interrupted")
+        is not None
+    )
 
 
 _CANCELLED = """
@@ -267,7 +296,7 @@ async def mark_cancelled(
     conn: asyncpg.Connection, task_id: uuid.UUID, attempt: int, reason: str
 ) -> bool:
     """Close a running attempt whose task was cancelled through the API."""
-    return await conn.fetchval(_CANCELLED, task_id, attempt, reason) is not None
+    return await conn.fetchval(_CANCELLED, task_id, attempt, storable(reason)) is not None
 
 
 _RENEW = """

@@ -1,0 +1,62 @@
+"""Error paths after the handler returned: scenario 7 of issue 4.
+
+With ``max_ack_pending`` 20, a single unsettled message per failure would stall the
+consumer after 20 of them: 25 tasks whose result cannot be stored must each settle
+their message, so the 10 normal tasks submitted after them still run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from tests.faults.conftest import MAX_ATTEMPTS, MakeStack
+from tests.support.faults import consumer_info, executions, statuses
+from tests.support.invariants import VersionWatcher, check_invariants
+
+pytestmark = pytest.mark.faults
+
+
+# Three ways an attempt can fail after its handler returned or raised; each must settle.
+# kind -> (words of the recorded error, executions): results that cannot be stored fail
+# for good at once; a handler error is retried up to WORKER_MAX_ATTEMPTS (3).
+BAD_KINDS = {
+    "test.unserializable": ("not JSON-serialisable", 1),  # orjson refuses the result
+    "test.unstorable": ("result cannot be stored", 1),  # jsonb refuses the result
+    "test.nul_error": ("bad byte", MAX_ATTEMPTS),  # text refuses the error message
+}
+
+
+async def test_unstorable_outcomes_fail_clearly_and_settle_their_messages(
+    make_stack: MakeStack,
+) -> None:
+    """Scenario 7: 25 outcomes that cannot be stored as is, then 10 normal tasks.
+
+    With ``max_ack_pending`` 20 a leaked message per failure would stop the consumer
+    before the normal tasks; all 25 must fail with a clear error and dead letter.
+    """
+    stack = await make_stack(workers=1, env={"WORKER_MAX_ACK_PENDING": "20"})
+    kinds = [list(BAD_KINDS)[i % len(BAD_KINDS)] for i in range(25)]
+    async with VersionWatcher(stack.env["DATABASE_URL"]) as watcher:
+        bad = await asyncio.gather(*(stack.submit(kind, {}) for kind in kinds))
+        bad_ids = [t["id"] for t in bad]
+        await stack.wait_all(bad_ids, timeout=30)
+        good = await asyncio.gather(
+            *(stack.submit("test.sleep", {"sleep_s": 0.05}) for _ in range(10))
+        )
+        good_ids = [t["id"] for t in good]
+        await stack.wait_all(good_ids, timeout=30)
+        for tid, kind in zip(bad_ids, kinds, strict=True):
+            task = await stack.get(tid)
+            assert task["status"] == "failed", (kind, task)
+            words, runs = BAD_KINDS[kind]
+            assert words in task["last_error"], (kind, task["last_error"])
+            assert statuses(await executions(stack, tid)) == ["failed"] * runs, kind
+        for tid in good_ids:
+            assert (await stack.get(tid))["status"] == "completed"
+        report = await check_invariants(stack, bad_ids + good_ids, deadline_s=20, watcher=watcher)
+    report.assert_ok()
+    assert report.dead_letters == 25
+    normal = await consumer_info(stack.env, "normal")
+    assert (normal.num_ack_pending, normal.num_pending, normal.num_redelivered) == (0, 0, 0)
