@@ -54,8 +54,10 @@ _DB_OUTAGE: tuple[type[BaseException], ...] = (
     TimeoutError,
     asyncpg.exceptions.PostgresConnectionError,
     asyncpg.exceptions.CannotConnectNowError,
-    asyncpg.exceptions.InterfaceError,
     asyncpg.exceptions.AdminShutdownError,
+    asyncpg.exceptions.CrashShutdownError,
+    asyncpg.InterfaceError,
+    asyncpg.InternalClientError,  # a query cancelled while its connection dropped
 )
 
 
@@ -431,7 +433,8 @@ class VersionWatcher:
         """Stop sampling (idempotent)."""
         if self._task is not None:
             self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
+            # asyncpg may answer a cancel during a query with InternalClientError.
+            with contextlib.suppress(asyncio.CancelledError, *_DB_OUTAGE):
                 await self._task
             self._task = None
 

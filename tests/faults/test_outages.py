@@ -1,0 +1,199 @@
+"""Server outages: scenarios 4 and 6 of issue 4.
+
+NATS restarted (idle, busy, and on an empty store) and Postgres paused or restarted
+while a worker records an attempt. No service is restarted by the test; tasks
+submitted meanwhile are accepted and complete once the server is back, and an
+infrastructure blip never uses up a task's attempts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import itertools
+import time
+from typing import Any
+
+import pytest
+
+from taskflow_common.devstack.servers import NatsServer
+from tests.faults.conftest import MakeStack
+from tests.support.faults import consumer_info, db_now, executions, statuses
+from tests.support.invariants import VersionWatcher, check_invariants
+from tests.support.pg import PgHandle
+from tests.support.stack import Stack, parse_ts
+from tests.support.waiting import wait_for
+
+pytestmark = pytest.mark.faults
+
+OUTAGE_S = 3.0
+"""How long a server stays down (the issue's ~5 s; long enough for every client to notice)."""
+RECOVERY_S = 15.0
+"""Tasks must complete within this long after the server is back (the issue's 30 s, halved)."""
+
+
+def _pids(stack: Stack) -> list[int | None]:
+    procs = [stack.api, stack.dispatcher, stack.dlq, *stack.workers]
+    return [p.pid for p in procs if p is not None]
+
+
+def _all_running(stack: Stack) -> bool:
+    procs = [stack.api, stack.dispatcher, stack.dlq, *stack.workers]
+    return all(p.running for p in procs if p is not None)
+
+
+async def _health(stack: Stack) -> dict[str, Any]:
+    resp = await stack.http.get(f"{stack.api_url}/health", timeout=10)
+    assert resp.status_code == 200, resp.text
+    return resp.json()  # type: ignore[no-any-return]
+
+
+async def _nats_outage(stack: Stack, nats_server: NatsServer, *, clear_store: bool) -> list[str]:
+    """Stop NATS, check health and submit 5 tasks meanwhile, start it again."""
+    nats_server.stop()
+    went_down = time.monotonic()
+    try:
+
+        async def reported_down() -> bool:
+            return (await _health(stack))["checks"]["nats"]["ok"] is False
+
+        await wait_for(reported_down, 10, what="health to report NATS down")
+        accepted = [await stack.submit("demo", {"during_outage": i}) for i in range(5)]
+        assert all(t["status"] == "queued" for t in accepted)
+        health = await _health(stack)
+        assert health["status"] == "degraded"
+        assert health["checks"]["nats"]["ok"] is False
+        # The outage lasts OUTAGE_S; this is the fault's duration, not a synchronisation.
+        await asyncio.sleep(max(0.0, OUTAGE_S - (time.monotonic() - went_down)))
+    finally:
+        if clear_store:
+            nats_server.restart(clear_store=True)
+        else:
+            nats_server.start()
+    return [t["id"] for t in accepted]
+
+
+async def test_nats_restart_while_idle(make_stack: MakeStack, nats_server: NatsServer) -> None:
+    """Scenario 4, idle: 5 tasks submitted during the outage complete after it."""
+    stack = await make_stack(workers=2)
+    pids = _pids(stack)
+    async with VersionWatcher(stack.env["DATABASE_URL"]) as watcher:
+        ids = await _nats_outage(stack, nats_server, clear_store=False)
+        await stack.wait_all(ids, timeout=RECOVERY_S)
+        report = await check_invariants(stack, ids, deadline_s=10, watcher=watcher)
+    report.assert_ok()
+    assert report.statuses["completed"] == len(ids)
+    assert _pids(stack) == pids
+    assert _all_running(stack)
+    assert (await _health(stack))["checks"]["nats"]["ok"] is True
+
+
+async def test_nats_restart_while_busy(make_stack: MakeStack, nats_server: NatsServer) -> None:
+    """Scenario 4, busy: tasks running and waiting on the bus while NATS restarts."""
+    stack = await make_stack(workers=2, worker_env={"WORKER_CONCURRENCY": "2"})
+    pids = _pids(stack)
+    async with VersionWatcher(stack.env["DATABASE_URL"]) as watcher:
+        busy = [await stack.submit("test.sleep", {"sleep_s": 1.5}) for _ in range(8)]
+        busy_ids = [t["id"] for t in busy]
+
+        async def running() -> bool:
+            return (
+                await stack.db_value("SELECT count(*) FROM tasks WHERE status = 'processing'") >= 2
+            )
+
+        await wait_for(running, 15, what="tasks to be running")
+        ids = await _nats_outage(stack, nats_server, clear_store=False)
+        await stack.wait_all(ids + busy_ids, timeout=RECOVERY_S + 10)
+        report = await check_invariants(stack, ids + busy_ids, deadline_s=15, watcher=watcher)
+    report.assert_ok()
+    assert report.statuses["completed"] == len(ids + busy_ids)
+    assert _pids(stack) == pids
+    assert _all_running(stack)
+
+
+async def test_nats_restart_on_an_empty_store(
+    make_stack: MakeStack, nats_server: NatsServer
+) -> None:
+    """Scenario 4, empty store: streams and consumers are gone; they come back, tasks run."""
+    stack = await make_stack(workers=2, worker_env={"WORKER_CONCURRENCY": "1"})
+    pids = _pids(stack)
+    async with VersionWatcher(stack.env["DATABASE_URL"]) as watcher:
+        # Two run, the rest wait as messages in the stream that the restart wipes.
+        busy = [await stack.submit("test.sleep", {"sleep_s": 1.0}) for _ in range(6)]
+        busy_ids = [t["id"] for t in busy]
+
+        async def running() -> bool:
+            return (
+                await stack.db_value("SELECT count(*) FROM tasks WHERE status = 'processing'") >= 2
+            )
+
+        await wait_for(running, 15, what="tasks to be running")
+        ids = await _nats_outage(stack, nats_server, clear_store=True)
+        await stack.wait_all(ids + busy_ids, timeout=RECOVERY_S + 10)
+        report = await check_invariants(stack, ids + busy_ids, deadline_s=15, watcher=watcher)
+    report.assert_ok()
+    assert report.statuses["completed"] == len(ids + busy_ids)
+    assert _pids(stack) == pids
+    assert _all_running(stack)
+
+
+async def test_retry_gaps_respect_the_backoff(make_stack: MakeStack) -> None:
+    """Scenario 6a: two failures with backoff 1 s then 2 s: gaps of at least 1 s and 2 s."""
+    stack = await make_stack(env={"WORKER_BACKOFF_BASE": "1s", "WORKER_BACKOFF_MAX": "10s"})
+    task = await stack.submit("test.flaky", {"fail_times": 2})
+    done = await stack.wait_status(task["id"], timeout=20)
+    assert done["status"] == "completed"
+    execs = await executions(stack, task["id"])
+    assert statuses(execs) == ["failed", "failed", "succeeded"]
+    for floor, (prev, nxt) in zip((1.0, 2.0), itertools.pairwise(execs), strict=True):
+        gap = (nxt["started"] - prev["finished"]).total_seconds()
+        assert gap >= floor, f"gap {gap:.3f}s before attempt {nxt['attempt']} < {floor}s"
+    report = await check_invariants(stack, [task["id"]], deadline_s=10)
+    report.assert_ok()
+
+
+@pytest.mark.parametrize("fault", ["pause", "restart"])
+async def test_postgres_outage_while_recording_uses_no_attempt(
+    make_stack: MakeStack, pg_server: PgHandle, fault: str
+) -> None:
+    """Scenario 6b: Postgres away for 3 s while a worker records an attempt.
+
+    At most one extra delivery, no attempt used up, the task completes within 15 s of
+    recovery. ack_wait is 10 s here, so the outage is under a third of the lease as in
+    the issue (3 s against 30 s), instead of outlasting it.
+    """
+    server = pg_server.require_embedded()
+    stack = await make_stack(workers=1, env={"WORKER_ACK_WAIT": "10s"})
+    async with VersionWatcher(stack.env["DATABASE_URL"]) as watcher:
+        task = await stack.submit("test.sleep", {"sleep_s": 0.5})
+        await stack.wait_status(task["id"], {"processing"}, timeout=15)
+        # The handler ends 0.5 s after its start: the worker records during the outage.
+        if fault == "pause":
+            server.pause()
+        else:
+            # "fast", not "immediate": the test cluster runs with fsync and
+            # synchronous_commit off, so a crash-stop would lose committed rows.
+            server.stop(mode="fast")
+        try:
+            await asyncio.sleep(OUTAGE_S)  # the outage's duration (the fault itself)
+        finally:
+            if fault == "pause":
+                server.resume()
+            else:
+                server.start()
+        back = time.monotonic()
+        back_db = await db_now(stack)
+        done = await stack.wait_status(task["id"], timeout=RECOVERY_S)
+        took = time.monotonic() - back
+        assert done["status"] == "completed", done
+        assert took <= RECOVERY_S
+        execs = await executions(stack, task["id"])
+        assert statuses(execs) == ["succeeded"], execs
+        # The fault hit the recording: the handler was done before Postgres came back.
+        assert execs[0]["started"] + dt.timedelta(seconds=0.5) < back_db
+        assert done["attempts"] == 1
+        normal = await consumer_info(stack.env, "normal")
+        assert normal.num_redelivered <= 1
+        report = await check_invariants(stack, [task["id"]], deadline_s=10, watcher=watcher)
+    report.assert_ok()
+    assert parse_ts(done["finished_at"]) is not None
