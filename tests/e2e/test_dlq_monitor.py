@@ -272,9 +272,9 @@ async def test_api_detail_stats_discard_and_errors(
     for path, status, code in [
         (f"/dlq/{uuid.uuid4()}", 404, "not_found"),
         ("/dlq/not-a-uuid", 400, "invalid_id"),
-        ("/dlq?limit=0", 400, "invalid_parameter"),
-        ("/dlq?limit=abc", 400, "invalid_parameter"),
-        ("/dlq?status=gone", 400, "invalid_parameter"),
+        ("/dlq?limit=0", 422, "validation_error"),
+        ("/dlq?limit=abc", 422, "validation_error"),
+        ("/dlq?status=gone", 422, "validation_error"),
         ("/dlq?cursor=bogus", 400, "invalid_cursor"),
         ("/nowhere", 404, "not_found"),
     ]:
@@ -284,7 +284,10 @@ async def test_api_detail_stats_discard_and_errors(
         problem = resp.json()
         assert problem["code"] == code, path
         assert problem["status"] == status
-        assert problem["request_id"] == resp.headers["X-Request-Id"]
+        assert problem["type"] == f"https://taskflow.dev/problems/{code}"
+        assert len(resp.headers["X-Request-Id"]) == 32
+    bad = (await http.get("/dlq", params={"status": "gone", "limit": "500"})).json()
+    assert {e["field"] for e in bad["errors"]} == {"status", "limit"}
     unknown_task = await http.post(f"/dlq/{uuid.uuid4()}/replay")
     assert unknown_task.status_code == 404
     wrong_method = await http.delete("/dlq")

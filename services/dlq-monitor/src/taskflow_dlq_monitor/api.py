@@ -19,35 +19,40 @@ Routes (JSON bodies; errors are problem+json, see :mod:`.problems`):
 - ``GET /api/v1/health`` -> 200 ``{"status": "ok"|"degraded", "checks": {...}}``;
   ``GET /api/v1/ready`` -> the same body, 503 unless Postgres answers.
 
-DeadLetter JSON is :func:`taskflow_common.store.deadletters.dead_letter_json`.
+DeadLetter JSON is :func:`taskflow_common.store.deadletters.dead_letter_json`. Bad query
+parameters are 422 ``validation_error`` naming the parameter, a foreign cursor is 400
+``invalid_cursor`` (the conventions of :mod:`taskflow_common.http`, shared with the
+ingest API).
 """
 
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import asyncpg
 import falcon
 import falcon.asgi
+import orjson
+from opentelemetry import trace
 
 from taskflow_common import logs
 from taskflow_common.bus import Bus
 from taskflow_common.db import Database
 from taskflow_common.errors import UnavailableError
+from taskflow_common.http import (
+    ASGIApp,
+    FieldError,
+    RequestContext,
+    RouteName,
+    install,
+    parse_uuid,
+    validation_error,
+)
 from taskflow_common.store import deadletters
 from taskflow_common.store.rows import execution_json, task_json
-from taskflow_common.store.tasks import InvalidCursor
 from taskflow_dlq_monitor.consumer import DeadLetterConsumer
-from taskflow_dlq_monitor.problems import (
-    Problem,
-    RequestIdMiddleware,
-    install_error_handling,
-    invalid_parameter,
-    parse_uuid,
-    send_json,
-)
 
 log = logs.get_logger(__name__)
 
@@ -66,24 +71,52 @@ class Deps:
     consumer: DeadLetterConsumer
 
 
-def _text_param(req: falcon.asgi.Request, name: str) -> str | None:
-    value = req.get_param(name)
-    if value is not None and len(value) > MAX_FILTER_CHARS:
-        raise invalid_parameter(name, f"at most {MAX_FILTER_CHARS} characters")
-    return value
+def send_json(resp: falcon.asgi.Response, body: Any, status: int = 200) -> None:
+    """Write ``body`` as compact JSON (orjson) with ``status``."""
+    resp.status = falcon.code_to_http_status(status)
+    resp.content_type = falcon.MEDIA_JSON
+    resp.data = orjson.dumps(body)
 
 
-def _limit(req: falcon.asgi.Request) -> int:
-    raw = req.get_param("limit")
-    if raw is None:
-        return 50
-    try:
-        value = int(raw)
-    except ValueError:
-        raise invalid_parameter("limit", "expected a whole number 1..200") from None
-    if not 1 <= value <= deadletters.MAX_LIMIT:
-        raise invalid_parameter("limit", "expected a whole number 1..200")
-    return value
+@dataclass(frozen=True, slots=True)
+class ListQuery:
+    """Validated ``GET /api/v1/dlq`` parameters."""
+
+    type: str | None
+    q: str | None
+    status: deadletters.DeadLetterStatus | None
+    limit: int
+    cursor: str | None
+
+
+def list_query(req: falcon.asgi.Request) -> ListQuery:
+    """Validate the list parameters; raise 422 ``validation_error`` naming each bad one."""
+    errors: list[FieldError] = []
+    texts: dict[str, str | None] = {}
+    for name in ("type", "q"):
+        value = req.get_param(name)
+        if value is not None and len(value) > MAX_FILTER_CHARS:
+            errors.append(FieldError(name, f"must be at most {MAX_FILTER_CHARS} characters"))
+        texts[name] = value
+    status = req.get_param("status")
+    if status is not None and status not in deadletters.DEAD_LETTER_STATUSES:
+        allowed = ", ".join(deadletters.DEAD_LETTER_STATUSES)
+        errors.append(FieldError("status", f"must be one of: {allowed}"))
+    limit = 50
+    raw_limit = req.get_param("limit")
+    if raw_limit is not None:
+        try:
+            limit = int(raw_limit)
+        except ValueError:
+            limit = 0
+        if not 1 <= limit <= deadletters.MAX_LIMIT:
+            errors.append(
+                FieldError("limit", f"must be an integer from 1 to {deadletters.MAX_LIMIT}")
+            )
+    if errors:
+        raise validation_error(errors)
+    checked: deadletters.DeadLetterStatus | None = status  # type: ignore[assignment]
+    return ListQuery(texts["type"], texts["q"], checked, limit, req.get_param("cursor"))
 
 
 class DeadLetterList:
@@ -94,34 +127,16 @@ class DeadLetterList:
 
     async def on_get(self, req: falcon.asgi.Request, resp: falcon.asgi.Response) -> None:
         """List dead letters newest first, filtered and keyset-paginated."""
-        type_ = _text_param(req, "type")
-        q = _text_param(req, "q")
-        raw_status = req.get_param("status")
-        if raw_status is not None and raw_status not in deadletters.DEAD_LETTER_STATUSES:
-            allowed = ", ".join(deadletters.DEAD_LETTER_STATUSES)
-            raise invalid_parameter("status", f"one of {allowed}")
-        status: deadletters.DeadLetterStatus | None = raw_status
-        limit = _limit(req)
-        cursor = req.get_param("cursor")
-        if cursor is not None:
-            try:
-                deadletters.decode_cursor(cursor)
-            except InvalidCursor:
-                raise Problem(
-                    400,
-                    "invalid_cursor",
-                    "cursor is not one this API returned",
-                    errors=[{"field": "cursor", "message": "unknown cursor"}],
-                ) from None
+        query = list_query(req)
 
         async def fetch(conn: asyncpg.Connection) -> deadletters.Page:
             return await deadletters.list_dead_letters(
                 conn,
-                type=type_,
-                error_contains=q,
-                status=status,
-                limit=limit,
-                cursor=cursor,
+                type=query.type,
+                error_contains=query.q,
+                status=query.status,
+                limit=query.limit,
+                cursor=query.cursor,  # a foreign one: InvalidCursor -> 400 invalid_cursor
             )
 
         page = await self.db.run(fetch)
@@ -152,7 +167,7 @@ class DeadLetterDetail:
         self, req: falcon.asgi.Request, resp: falcon.asgi.Response, task_id: str
     ) -> None:
         """A task's dead letters (raw bytes included), the task and its executions."""
-        ident = parse_uuid(task_id, "task_id")
+        ident = parse_uuid(task_id, "task id")
 
         async def fetch(conn: asyncpg.Connection) -> deadletters.Detail:
             # One snapshot for the three reads, so the parts agree with each other.
@@ -182,7 +197,7 @@ class Replay:
         self, req: falcon.asgi.Request, resp: falcon.asgi.Response, task_id: str
     ) -> None:
         """Queue the failed or cancelled task again with a fresh attempt budget."""
-        ident = parse_uuid(task_id, "task_id")
+        ident = parse_uuid(task_id, "task id")
         row = await self.db.run(lambda conn: deadletters.replay(conn, ident))
         replayed = int(row["dead_letters_replayed"])
         log.info(
@@ -205,7 +220,7 @@ class Discard:
         self, req: falcon.asgi.Request, resp: falcon.asgi.Response, task_id: str
     ) -> None:
         """Mark the open dead letters of a task (or one dead letter) as discarded."""
-        ident = parse_uuid(task_id, "task_id")
+        ident = parse_uuid(task_id, "task id")
         rows = await self.db.run(lambda conn: deadletters.discard(conn, ident))
         log.info("dead_letters_discarded", id=str(ident), count=len(rows))
         send_json(resp, {"items": deadletters.dead_letters_json(rows)})
@@ -250,10 +265,14 @@ class Health:
         send_json(resp, body, 503 if self.strict and not checks["postgres"]["ok"] else 200)
 
 
-def create_app(deps: Deps) -> falcon.asgi.App[Any, Any]:
-    """Build the ASGI app around ``deps``; it opens and closes nothing itself."""
-    app = falcon.asgi.App(middleware=[RequestIdMiddleware()])
-    install_error_handling(app)
+def create_app(deps: Deps, tracer: trace.Tracer | None = None) -> ASGIApp:
+    """Build the ASGI app around ``deps``; it opens and closes nothing itself.
+
+    The Falcon app is wrapped in :class:`~taskflow_common.http.RequestContext`
+    (request ids, a server span per request, request id in log lines).
+    """
+    app = falcon.asgi.App(middleware=[RouteName()])
+    install(app)
     app.add_route("/api/v1/dlq", DeadLetterList(deps))
     app.add_route("/api/v1/dlq/stats", DeadLetterStats(deps))
     app.add_route("/api/v1/dlq/{task_id}", DeadLetterDetail(deps))
@@ -261,4 +280,6 @@ def create_app(deps: Deps) -> falcon.asgi.App[Any, Any]:
     app.add_route("/api/v1/dlq/{task_id}/discard", Discard(deps))
     app.add_route("/api/v1/health", Health(deps, strict=False))
     app.add_route("/api/v1/ready", Health(deps, strict=True))
-    return app
+    # Falcon types its scope as dict, the ASGI protocol as any mutable mapping.
+    asgi = cast(ASGIApp, app)
+    return RequestContext(asgi, tracer or trace.get_tracer("taskflow_dlq_monitor"))
