@@ -360,3 +360,38 @@ async def test_survives_a_postgres_outage(
     await wait_for(lambda: consumer_settled(bus), 10, what="the dead letter to be acked")
     assert monitor.running
     assert len(monitor.events("task_dead_lettered")) == 1
+
+
+async def test_starts_while_postgres_and_nats_are_down(
+    service_env: dict[str, str],
+    services: ServiceFactory,
+    nats_server: NatsServer,
+    pg_server: PgHandle,
+    http: httpx.AsyncClient,
+    database_url: str,
+) -> None:
+    pg = pg_server.require_embedded()
+    task_id = await insert_failed_task(database_url)
+    pg.stop()
+    nats_server.stop()
+    try:
+        proc = await services.start("dlq-monitor", service_env, ready=False)
+
+        async def answers() -> dict[str, Any] | None:
+            resp = await http.get("/health")
+            return resp.json() if resp.status_code == 200 else None
+
+        health = await wait_for(answers, 15, ignore=(httpx.TransportError,), what="/health")
+        assert health["status"] == "degraded"
+        assert not health["checks"]["postgres"]["ok"]
+        assert not health["checks"]["nats"]["ok"]
+        assert proc.running
+        assert not proc.events("service_ready")  # not consuming yet
+    finally:
+        nats_server.start()
+        pg.start()
+    await proc.wait_ready(20)
+    async with bus_mod.connect(load(CommonSettings, service_env), "test-publisher") as b:
+        await publish(b, dead_letter(task_id).encode(), f"dlq:{task_id}:3")
+    await wait_for(lambda: listed(http), 15, what="the dead letter after both came back")
+    assert (await http.get("/health")).json()["status"] == "ok"

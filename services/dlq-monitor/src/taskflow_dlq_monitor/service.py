@@ -1,7 +1,7 @@
 """Wiring: Postgres pool, NATS connection, the consumer loop and the HTTP server.
 
-Start order: the pool (retried with backoff while Postgres is down), the NATS
-connection (in the background: the API serves replays even while NATS is down), the
+Start order: the pool (opened empty while Postgres is down, so nothing waits on it), the
+NATS connection (in the background: the API serves replays even while NATS is down), the
 listening socket (bound here, so a port in use is a clear start failure, exit 1), then
 the consumer loop and uvicorn. ``service_ready`` is logged once the first pull
 succeeded and the server accepts connections. On stop: uvicorn finishes open requests,
@@ -24,7 +24,7 @@ from taskflow_common.db import Database, open_pool
 from taskflow_common.errors import TaskFlowError, UnavailableError
 from taskflow_common.lifecycle import ready
 from taskflow_dlq_monitor.api import Deps, create_app
-from taskflow_dlq_monitor.consumer import BACKOFF_MAX_S, DeadLetterConsumer, wait_stop
+from taskflow_dlq_monitor.consumer import DeadLetterConsumer, wait_stop
 from taskflow_dlq_monitor.settings import DlqSettings
 
 log = logs.get_logger(__name__)
@@ -62,30 +62,24 @@ def bind_socket(host: str, port: int) -> socket.socket:
     return sock
 
 
-async def open_database(
-    settings: DlqSettings, stop: asyncio.Event, stack: AsyncExitStack
-) -> Database | None:
-    """Open the pool, retrying with capped backoff while Postgres is down.
+async def open_database(settings: DlqSettings, stack: AsyncExitStack) -> Database:
+    """Open the pool; while Postgres is down, open it empty so the service still starts.
 
-    Returns None when ``stop`` is set first.
+    The empty pool (no connection made at start) connects on first use, so the API
+    answers 503 ``unavailable`` and ``/health`` reports Postgres down until it is back,
+    and the consumer keeps its message and retries.
     """
-    delay = 0.2
-    while True:
-        try:
-            return await stack.enter_async_context(open_pool(settings))
-        except UnavailableError as exc:
-            log.warning("postgres_unavailable", error=str(exc))
-        if await wait_stop(stop, delay):
-            return None
-        delay = min(delay * 2, BACKOFF_MAX_S)
+    try:
+        return await stack.enter_async_context(open_pool(settings))
+    except UnavailableError as exc:
+        log.warning("postgres_unavailable", error=str(exc))
+        return await stack.enter_async_context(open_pool(settings, min_size=0))
 
 
 async def main(settings: DlqSettings, stop: asyncio.Event) -> None:
     """Run the dlq-monitor until ``stop`` is set."""
     async with AsyncExitStack() as stack:
-        db = await open_database(settings, stop, stack)
-        if db is None:
-            return
+        db = await open_database(settings, stack)
         bus = await stack.enter_async_context(
             bus_mod.connect(settings, SERVICE, stop=stop, wait=False)
         )
