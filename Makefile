@@ -66,8 +66,8 @@ lint: install ## ruff check, ruff format --check, hadolint on the service Docker
 bench: ## Benchmarks (not yet implemented)
 	@echo "bench: not yet implemented"
 
-chaos: ## Fault-injection runs (not yet implemented)
-	@echo "chaos: not yet implemented"
+chaos: install ## Chaos soak: load + random faults for CHAOS_SECONDS (180), then check I1-I6
+	$(BIN)/python -m tests.chaos.chaos
 
 clean: ## Stop embedded servers, then remove .venv, .run and caches
 	@if [ -x $(BIN)/python ]; then $(BIN)/python -m taskflow_common.devstack stop --purge; fi

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import itertools
 
 import pytest
 
@@ -104,7 +105,7 @@ async def test_rolling_sigterms_interrupt_without_using_attempts(make_stack: Mak
         assert done["attempts"] == 4
         execs = await executions(stack, task["id"])
         assert statuses(execs) == ["interrupted"] * 3 + ["succeeded"]
-        for prev, nxt in zip(execs, execs[1:], strict=False):
+        for prev, nxt in itertools.pairwise(execs):
             gap = (nxt["started"] - prev["finished"]).total_seconds()
             assert gap <= 1.5, f"attempt {nxt['attempt']} started {gap:.2f}s after the interrupt"
         report = await check_invariants(stack, [task["id"]], deadline_s=10, watcher=watcher)
