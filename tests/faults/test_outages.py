@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from taskflow_common.devstack.servers import NatsServer
-from tests.faults.conftest import MakeStack
+from tests.faults.conftest import ACK_WAIT_S, MakeStack
 from tests.support.faults import consumer_info, db_now, executions, statuses
 from tests.support.invariants import VersionWatcher, check_invariants
 from tests.support.pg import PgHandle
@@ -197,3 +197,37 @@ async def test_postgres_outage_while_recording_uses_no_attempt(
         report = await check_invariants(stack, [task["id"]], deadline_s=10, watcher=watcher)
     report.assert_ok()
     assert parse_ts(done["finished_at"]) is not None
+
+
+@pytest.mark.parametrize("fault", ["pause", "restart"])
+async def test_postgres_outage_longer_than_the_lease_does_not_abandon_a_live_attempt(
+    make_stack: MakeStack, pg_server: PgHandle, fault: str
+) -> None:
+    """Scenario 6, harsher: Postgres away for 1.5 x the lease while a handler runs.
+
+    The worker is alive throughout and renews its lease as soon as Postgres is back; an
+    infrastructure blip must not be booked as a lost worker (an abandoned, counted
+    attempt) nor start a second run on the other worker.
+    """
+    server = pg_server.require_embedded()
+    stack = await make_stack(workers=2)
+    async with VersionWatcher(stack.env["DATABASE_URL"]) as watcher:
+        task = await stack.submit("test.sleep", {"sleep_s": ACK_WAIT_S * 3})
+        await stack.wait_status(task["id"], {"processing"}, timeout=15)
+        if fault == "pause":
+            server.pause()
+        else:
+            server.stop(mode="fast")
+        try:
+            await asyncio.sleep(ACK_WAIT_S * 1.5)  # the outage's duration (the fault itself)
+        finally:
+            if fault == "pause":
+                server.resume()
+            else:
+                server.start()
+        done = await stack.wait_status(task["id"], timeout=ACK_WAIT_S * 3 + RECOVERY_S)
+        assert done["status"] == "completed", done
+        execs = await executions(stack, task["id"])
+        assert statuses(execs) == ["succeeded"], execs
+        report = await check_invariants(stack, [task["id"]], deadline_s=10, watcher=watcher)
+    report.assert_ok()

@@ -9,7 +9,9 @@ Four loops share one pool and one NATS connection:
   so a lost notification delays, never loses;
 - **listener**: keeps the LISTEN connection alive across Postgres restarts;
 - **reaper**: ends attempts whose lease expired (worker gone) as ``abandoned`` and
-  schedules the retry; re-queues tasks published but unclaimed for too long;
+  schedules the retry; re-queues tasks published but unclaimed for too long. Leases
+  are only believed once Postgres has answered promptly for a whole lease period
+  (:class:`LeaseTrust`), so an outage is never booked as lost workers;
 - **stream watch**: recreates the streams if they vanish (NATS restarted on an empty
   store) and re-queues every published-but-unclaimed task, whose messages are gone.
 """
@@ -45,6 +47,40 @@ log = get_logger(__name__)
 OUTAGE = (UnavailableError, *PG_ERRORS, *NATS_ERRORS)
 
 
+class LeaseTrust:
+    """Decide whether expired leases mean lost workers, or just a Postgres outage.
+
+    Workers renew their leases through Postgres every ``lease_s / 3``. While Postgres is
+    down, restarting or frozen, nobody can renew, and right after it comes back every
+    running attempt's lease looks expired although its worker is alive and about to
+    renew. So an expired lease is believed only after Postgres has answered the reaper
+    promptly (each probe within ``stall_s``) for a whole ``lease_s``: live workers have
+    renewed by then, dead ones are abandoned one lease later than otherwise. A dispatcher
+    that just started has no such history and waits one lease too. Times are event-loop
+    seconds.
+    """
+
+    def __init__(self, lease_s: float, stall_s: float) -> None:
+        self.lease_s = lease_s
+        self.stall_s = stall_s
+        self.since: float | None = None
+
+    def answered(self, started: float, ended: float) -> None:
+        """Record a probe of Postgres that succeeded (``started``/``ended`` loop times)."""
+        if ended - started > self.stall_s:
+            self.since = ended  # it hung: Postgres was frozen or overloaded meanwhile
+        elif self.since is None:
+            self.since = started
+
+    def failed(self) -> None:
+        """Record a probe that failed (Postgres unreachable)."""
+        self.since = None
+
+    def trusted(self, now: float) -> bool:
+        """True when Postgres has answered promptly for at least one lease period."""
+        return self.since is not None and now - self.since >= self.lease_s
+
+
 class Dispatcher:
     """Publishes due work; see the module docstring for the loops."""
 
@@ -56,6 +92,9 @@ class Dispatcher:
         self.wake = asyncio.Event()
         self.tracer = trace.get_tracer("taskflow.dispatcher")
         self.stream_created: str | None = None
+        self.lease_trust = LeaseTrust(
+            settings.worker_ack_wait, stall_s=max(0.5, settings.worker_ack_wait / 6)
+        )
 
     # -- outbox ---------------------------------------------------------------------------
 
@@ -204,11 +243,27 @@ class Dispatcher:
     # -- reaper ------------------------------------------------------------------------------
 
     async def reap_once(self) -> int:
-        """Abandon attempts whose lease expired; return how many."""
+        """Abandon attempts whose lease expired; return how many.
+
+        Nothing is abandoned while :attr:`lease_trust` says the leases cannot be
+        believed yet (Postgres was just away, or this probe hung).
+        """
         s = self.settings
         count = 0
+        loop = asyncio.get_running_loop()
         async with self.db.acquire() as conn:
-            for e in await outbox.expired_leases(conn, 200):
+            started = loop.time()
+            try:
+                expired = await outbox.expired_leases(conn, 200)
+            except OUTAGE:
+                self.lease_trust.failed()
+                raise
+            ended = loop.time()
+            self.lease_trust.answered(started, ended)
+            if expired and not self.lease_trust.trusted(ended):
+                log.info("reap_deferred", expired=len(expired), reason="postgres was away")
+                expired = []
+            for e in expired:
                 outcome = await attempts.abandon(
                     conn,
                     e.task_id,
@@ -239,6 +294,7 @@ class Dispatcher:
             try:
                 await self.reap_once()
             except OUTAGE as exc:
+                self.lease_trust.failed()
                 log.warning("reaper_unavailable", error=repr(exc))
             await wait_any(stop, None, self.settings.reap_interval)
 
