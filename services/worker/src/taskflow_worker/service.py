@@ -429,15 +429,27 @@ class Worker:
     # -- heartbeat ------------------------------------------------------------------------
 
     async def heartbeat_loop(self, stop: asyncio.Event, done: asyncio.Event) -> None:
-        """Every ``ack_wait / 3``: ``in_progress()`` each running message, renew leases."""
+        """Every ``ack_wait / 3``: ``in_progress()`` each running message, renew leases.
+
+        The two beats run independently: a lease renewal that hangs (Postgres frozen or
+        restarting; a statement may wait ``DB_STATEMENT_TIMEOUT``) must not hold back the
+        ``in_progress()`` that stops NATS from redelivering a live attempt elsewhere.
+        """
+        await asyncio.gather(self._progress_beat(done), self._lease_beat(done))
+
+    async def _progress_beat(self, done: asyncio.Event) -> None:
+        while not done.is_set():
+            await wait_any(done, None, self.heartbeat_s)
+            for r in list(self.running.values()):
+                with contextlib.suppress(*NATS_ERRORS, Exception):
+                    await r.msg.in_progress()
+
+    async def _lease_beat(self, done: asyncio.Event) -> None:
         while not done.is_set():
             await wait_any(done, None, self.heartbeat_s)
             running = list(self.running.values())
             if not running:
                 continue
-            for r in running:
-                with contextlib.suppress(*NATS_ERRORS, Exception):
-                    await r.msg.in_progress()
             try:
                 async with self.db.acquire() as conn:
                     alive = await attempts.renew_leases(
