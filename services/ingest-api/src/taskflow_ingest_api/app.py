@@ -26,7 +26,7 @@ from taskflow_common.errors import TaskFlowError, UnavailableError
 from taskflow_common.lifecycle import ready
 from taskflow_common.logs import get_logger
 from taskflow_ingest_api import problems
-from taskflow_ingest_api.middleware import BodyLimit, RequestContext
+from taskflow_ingest_api.middleware import ASGIApp, RequestContext, RouteName
 from taskflow_ingest_api.resources import Deps, add_routes
 from taskflow_ingest_api.settings import ApiSettings
 
@@ -78,27 +78,22 @@ class Lifespan:
         await self._stack.aclose()
 
 
-def create_app(settings: ApiSettings, deps: Deps | None = None) -> falcon.asgi.App:
+def create_app(settings: ApiSettings, deps: Deps | None = None) -> ASGIApp:
     """Return the ASGI app: routes, problem+json errors, orjson, middleware, lifespan.
 
     ``deps`` defaults to a fresh :class:`Deps` (global tracer, pool and NATS opened at
-    start-up).
+    start-up). The Falcon app is wrapped in :class:`RequestContext`, so request ids,
+    spans and the declared-size limit cover every response.
     """
     deps = deps or Deps()
-    app = falcon.asgi.App(
-        middleware=[
-            RequestContext(deps.tracer),
-            BodyLimit(settings.max_body_bytes),
-            Lifespan(settings, deps),
-        ],
-    )
+    app = falcon.asgi.App(middleware=[RouteName(), Lifespan(settings, deps)])
     json_handler = falcon.media.JSONHandler(dumps=orjson.dumps, loads=orjson.loads)
     app.req_options.media_handlers[falcon.MEDIA_JSON] = json_handler
     app.resp_options.media_handlers[falcon.MEDIA_JSON] = json_handler
     app.req_options.strip_url_path_trailing_slash = True
     problems.install(app)
     add_routes(app, settings, deps)
-    return app
+    return RequestContext(app, deps.tracer, settings.max_body_bytes)
 
 
 async def serve(settings: ApiSettings, stop: asyncio.Event) -> None:

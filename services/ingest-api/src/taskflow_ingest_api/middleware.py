@@ -1,29 +1,42 @@
-"""Per-request middleware: request id, server span, log context, body size limit.
+"""Per-request plumbing: request id, server span, log context, body size limit.
+
+:class:`RequestContext` wraps the whole Falcon app as plain ASGI middleware, so what it
+does holds for every response, including the ones Falcon never sees:
 
 - ``X-Request-Id``: a client value of 1..200 characters of ``[A-Za-z0-9._-]`` is kept,
   anything else is replaced by a fresh 32-hex id; it is echoed on every response (errors,
   unknown routes and wrong methods included) and bound into every log line.
 - One OpenTelemetry SERVER span per request, continuing a W3C ``traceparent`` sent by the
-  client, named ``<METHOD> <route template>``, marked as an error on 5xx.
-- Body size: a ``Content-Length`` above ``MAX_BODY_BYTES`` is refused with 413 before a
-  byte is read; bodies without a length (chunked) are read by :func:`read_body`, which
-  stops at the limit instead of buffering the rest.
+  client; :class:`RouteName` renames it ``<METHOD> <route template>`` once Falcon has
+  routed the request. A 5xx marks it as an error.
+- Body size: a declared ``Content-Length`` above ``MAX_BODY_BYTES`` is answered with 413
+  from the headers alone. Falcon would otherwise wait for the first body chunk, and a
+  client sending ``Expect: 100-continue`` would be told to send it. Bodies without a
+  length (chunked) are read by :func:`read_body`, which stops at the limit.
 """
 
 from __future__ import annotations
 
 import re
 import uuid
+from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
 import falcon
 import falcon.asgi
+import orjson
 from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.trace import SpanKind, StatusCode
 
 from taskflow_common import logs, tracing
-from taskflow_ingest_api.problems import Problem
+from taskflow_ingest_api.problems import PROBLEM_JSON, Problem, to_dict
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 REQUEST_ID_HEADER = "X-Request-Id"
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,200}$")
@@ -32,8 +45,8 @@ _REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,200}$")
 def too_large(limit: int) -> Problem:
     """Return the 413 ``payload_too_large`` problem for a ``limit``-byte cap.
 
-    ``Connection: close`` tells the client (and uvicorn) not to keep sending on this
-    connection: the rest of the body is never read.
+    ``Connection: close`` tells the client (and uvicorn) that the rest of the body will
+    not be read on this connection.
     """
     return Problem(
         413,
@@ -44,32 +57,81 @@ def too_large(limit: int) -> Problem:
 
 
 class RequestContext:
-    """Request id, tracing span and log context for each request (first middleware)."""
+    """ASGI middleware around the Falcon app: request id, span, logs, declared-size limit.
 
-    def __init__(self, tracer: trace.Tracer) -> None:
+    ``app`` is the Falcon app; ``max_body_bytes`` the limit in bytes. Non-HTTP scopes
+    (lifespan) pass straight through.
+    """
+
+    def __init__(self, app: ASGIApp, tracer: trace.Tracer, max_body_bytes: int) -> None:
+        self.app = app
         self._tracer = tracer
+        self._limit = max_body_bytes
 
-    async def process_request(self, req: falcon.asgi.Request, resp: falcon.asgi.Response) -> None:
-        """Pick the request id, start the span, bind ``request_id`` to log lines."""
-        given = req.get_header(REQUEST_ID_HEADER)
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Handle one ASGI connection scope."""
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        # ``headers`` and each pair may be any iterable, even one-shot iterators
+        # (falcon.testing passes those): read them once and hand the app a scope
+        # holding a plain list of pairs.
+        raw_headers = [(bytes(k), bytes(v)) for k, v in scope.get("headers") or ()]
+        scope = {**scope, "headers": raw_headers}
+        headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in raw_headers}
+        given = headers.get("x-request-id")
         request_id = given if given and _REQUEST_ID.match(given) else uuid.uuid4().hex
-        req.context.request_id = request_id
+        method = scope["method"]
         parent = tracing.extract(
-            {k: v for k in ("traceparent", "tracestate") if (v := req.get_header(k))}
+            {k: v for k in ("traceparent", "tracestate") if (v := headers.get(k))}
         )
         span = self._tracer.start_span(
-            req.method,
+            method,
             context=parent,
             kind=SpanKind.SERVER,
             attributes={
-                "http.request.method": req.method,
-                "url.path": req.path,
+                "http.request.method": method,
+                "url.path": scope["path"],
                 "http.request.id": request_id,
             },
         )
-        req.context.span = span
-        req.context.otel_token = otel_context.attach(trace.set_span_in_context(span, parent))
-        req.context.log_token = logs.bind(request_id=request_id)
+        otel_token = otel_context.attach(trace.set_span_in_context(span, parent))
+        log_token = logs.bind(request_id=request_id)
+        status = 500
+        echo = (b"x-request-id", request_id.encode())
+
+        async def send_with_id(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                message["headers"] = [*message.get("headers", ()), echo]
+            await send(message)
+
+        try:
+            length = headers.get("content-length", "")
+            if length.isdigit() and int(length) > self._limit:
+                await _send_problem(send_with_id, too_large(self._limit))
+            else:
+                await self.app(scope, receive, send_with_id)
+        finally:
+            span.set_attribute("http.response.status_code", status)
+            if status >= 500:
+                span.set_status(StatusCode.ERROR)
+            span.end()
+            otel_context.detach(otel_token)
+            logs.unbind(log_token)
+
+
+async def _send_problem(send: Send, problem: Problem) -> None:
+    body = orjson.dumps(to_dict(problem))
+    headers = [(b"content-type", PROBLEM_JSON.encode()), (b"content-length", b"%d" % len(body))]
+    headers += [(k.lower().encode(), v.encode()) for k, v in (problem.headers or {}).items()]
+    await send({"type": "http.response.start", "status": problem.status_code, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+class RouteName:
+    """Falcon middleware: name the current server span after the matched route."""
 
     async def process_resource(
         self,
@@ -78,47 +140,11 @@ class RequestContext:
         resource: object,
         params: dict[str, Any],
     ) -> None:
-        """Name the span after the matched route (``GET /api/v1/tasks/{task_id}``)."""
-        span = req.context.get("span")
-        if span is not None and req.uri_template:
+        """Rename the span ``<METHOD> <uri_template>`` (low cardinality: no ids)."""
+        if req.uri_template:
+            span = trace.get_current_span()
             span.update_name(f"{req.method} {req.uri_template}")
             span.set_attribute("http.route", req.uri_template)
-
-    async def process_response(
-        self,
-        req: falcon.asgi.Request,
-        resp: falcon.asgi.Response,
-        resource: object,
-        req_succeeded: bool,
-    ) -> None:
-        """Echo the request id, finish the span, unbind the log context."""
-        request_id = req.context.get("request_id")
-        if request_id is not None:
-            resp.set_header(REQUEST_ID_HEADER, request_id)
-        span = req.context.get("span")
-        if span is not None:
-            status = resp.status_code
-            span.set_attribute("http.response.status_code", status)
-            if status >= 500:
-                span.set_status(StatusCode.ERROR)
-            span.end()
-            otel_context.detach(req.context.otel_token)
-        token = req.context.get("log_token")
-        if token is not None:
-            logs.unbind(token)
-
-
-class BodyLimit:
-    """Refuse a declared ``Content-Length`` above ``limit`` bytes with 413, unread."""
-
-    def __init__(self, limit: int) -> None:
-        self.limit = limit
-
-    async def process_request(self, req: falcon.asgi.Request, resp: falcon.asgi.Response) -> None:
-        """Raise 413 ``payload_too_large`` when the declared length exceeds the limit."""
-        length = req.content_length
-        if length is not None and length > self.limit:
-            raise too_large(self.limit)
 
 
 async def read_body(req: falcon.asgi.Request, limit: int) -> bytes:

@@ -138,7 +138,8 @@ def json_problems(value: Any, path: str, max_depth: int) -> list[tuple[str, str]
 _INSERT = f"""
 INSERT INTO tasks (id, type, payload, priority, status, max_attempts, idempotency_key,
                    request_hash, timeout_s, tags, trace_parent, run_at)
-VALUES ($1, $2, $3, $4, 'queued', $5, $6, $7, $8, COALESCE($9::jsonb, '{{}}'::jsonb), $10,
+VALUES ($1, $2, COALESCE($3::jsonb, 'null'::jsonb), $4, 'queued', $5, $6, $7, $8,
+        COALESCE($9::jsonb, '{{}}'::jsonb), $10,
         GREATEST(now(), COALESCE($11::timestamptz, now())
                         + COALESCE($12::float8, 0) * interval '1 second'))
 ON CONFLICT (idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
@@ -153,6 +154,7 @@ async def submit(
 ) -> tuple[asyncpg.Record, bool]:
     """Insert the task ``spec`` describes; return ``(row, created)``.
 
+    A ``None`` payload is stored as JSON ``null`` (asyncpg would send SQL NULL).
     The row is ``queued``, due now (or at ``run_at``/after ``delay_s``) and pending
     dispatch, with ``trace_parent`` (default: the current span's W3C traceparent) so the
     dispatcher and worker continue the submitter's trace.
