@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime as dt
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -365,6 +366,30 @@ class Bus:
         p = Puller(self.nc, stream, consumer)
         await p.open()
         return p
+
+    async def oldest_waiting(self, priority: Priority) -> float | None:
+        """Seconds the oldest not-yet-delivered message of ``priority`` has waited.
+
+        None when none waits. Read-only: the task consumer's delivered sequence, then
+        the first message on the priority's subject after it (``next_by_subj``); the
+        age is measured against the server's publish time. Raises
+        :class:`UnavailableError` when JetStream does not answer.
+        """
+        stream, subject = self.names.stream, self.names.task_subject(priority)
+        try:
+            info = await self.js.consumer_info(stream, self.names.consumer(priority))
+            if not info.num_pending:
+                return None
+            msg = await self.js.get_msg(
+                stream, seq=info.delivered.stream_seq + 1, subject=subject, next=True
+            )
+        except nats.js.errors.NotFoundError:
+            return None
+        except TRANSIENT_ERRORS as exc:
+            raise UnavailableError(f"jetstream unavailable: {exc!r}") from exc
+        if msg.time is None:
+            return None
+        return max(0.0, (dt.datetime.now(dt.UTC) - msg.time).total_seconds())
 
 
 # Status codes the server sends on a pull inbox (nats-server ``jsStatus*``).

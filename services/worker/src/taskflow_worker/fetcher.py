@@ -1,52 +1,110 @@
-"""Weighted priority fetching across the three per-priority durable consumers.
+"""Priority fetching across the three per-priority durable consumers: strict, with aging.
 
-Each fetch round asks the consumers in an order chosen by smooth weighted round-robin
-(the algorithm of nginx's upstream balancer, ngx_http_upstream_round_robin.c, Maxim
-Dounin, 2011): with weights high=6, normal=3, low=1, ``high`` goes first in 6 of every
-10 rounds, ``normal`` in 3 and ``low`` in 1, evenly interleaved. The first consumer with
-messages fills the free slots, so under a steady high-priority load normal and low work
-still starts every few rounds instead of starving, and when only one level has work it
-gets every slot.
+Each fetch asks ``high`` first, then ``normal``, then ``low``, and the first consumer
+with messages fills the free slots, so a high-priority task never waits behind lower
+ones. To keep lower priorities from starving under a sustained high-priority load, a
+``normal`` or ``low`` message that has waited longer than its bound in
+``WORKER_PRIORITY_MAX_WAIT`` (default ``normal=45s,low=50s``) is *promoted*: it is
+fetched first (one per fetch, most overdue priority first). So under overload high work
+waits least, normal work waits up to its bound, low work up to its own, and nothing
+waits much longer than its bound: the classic remedy for starvation in priority
+scheduling, *aging* (Silberschatz, Galvin and Gagne, *Operating System Concepts*, ch. 5,
+"Priority Scheduling"), with an explicit age bound instead of a gradual priority boost.
+
+The age of a priority's oldest waiting message is asked from the server
+(:meth:`~taskflow_common.bus.Bus.oldest_waiting`) only when it matters, i.e. after a
+fetch served a higher priority, and at most every ``probe_s`` seconds per priority;
+an idle or lightly loaded worker never probes. Ages use the NATS server's publish time.
+
+A proportional scheme (weighted round-robin over the consumers) was used before; it let
+a lone normal task overtake a backlog of high ones within a round or two, so under
+overload normal work waited *less* than high work (issue 4, scenario 14).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import time
+from collections.abc import Awaitable, Callable, Mapping
 
 from nats.aio.msg import Msg
 
 from taskflow_common.bus import Puller
 from taskflow_common.subjects import PRIORITIES, Priority
 
+AGED: tuple[Priority, ...] = ("normal", "low")
+"""Priorities that can be promoted (high is always asked first anyway)."""
 
-class WeightedOrder:
-    """Smooth weighted round-robin over the priorities.
+Probe = Callable[[Priority], Awaitable[float | None]]
+"""Seconds the oldest waiting message of a priority has waited (None: none waits)."""
 
-    ``next_order()`` returns all priorities: the round's pick first, then the others
-    by descending weight.
+
+class Aging:
+    """Which lower priorities are overdue, from cached, rate-limited age probes.
+
+    ``max_wait`` maps ``normal``/``low`` to seconds; ``clock`` is a monotonic clock.
     """
 
-    def __init__(self, weights: Mapping[str, int]) -> None:
-        self.weights = {p: int(weights[p]) for p in PRIORITIES}
-        self._total = sum(self.weights.values())
-        self._current = dict.fromkeys(PRIORITIES, 0)
+    def __init__(
+        self,
+        max_wait: Mapping[str, float],
+        probe: Probe,
+        probe_s: float,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.max_wait = {p: float(max_wait[p]) for p in AGED}
+        self.probe = probe
+        self.probe_s = probe_s
+        self.clock = clock
+        # priority -> (clock time of the probe, age then); age None: nothing waited.
+        self._seen: dict[Priority, tuple[float, float | None]] = {}
+        self._behind: set[Priority] = set()
 
-    def next_order(self) -> list[Priority]:
-        """Advance one round; return the order to ask the consumers in."""
-        for p in PRIORITIES:
-            self._current[p] += self.weights[p]
-        pick = max(PRIORITIES, key=lambda p: self._current[p])
-        self._current[pick] -= self._total
-        rest = sorted((p for p in PRIORITIES if p != pick), key=lambda p: -self.weights[p])
-        return [pick, *rest]
+    def served(self, priorities: set[Priority]) -> None:
+        """Note which priorities the last fetch got messages from.
+
+        A lower priority may be waiting behind them: it becomes worth probing.
+        """
+        if "high" in priorities:
+            self._behind |= {"normal", "low"}
+        elif "normal" in priorities:
+            self._behind.add("low")
+
+    def promoted_one(self, priority: Priority) -> None:
+        """Forget ``priority``'s age: its oldest message was just fetched."""
+        self._seen.pop(priority, None)
+
+    async def overdue(self) -> list[Priority]:
+        """Return the overdue priorities, most overdue first (probing when needed)."""
+        now = self.clock()
+        late: list[tuple[float, Priority]] = []
+        for p in AGED:
+            seen = self._seen.get(p)
+            if p in self._behind and (seen is None or now - seen[0] >= self.probe_s):
+                seen = (now, await self.probe(p))
+                self._seen[p] = seen
+                self._behind.discard(p)
+            if seen is None or seen[1] is None:
+                continue
+            age = seen[1] + (now - seen[0])
+            if age >= self.max_wait[p]:
+                late.append((age - self.max_wait[p], p))
+        return [p for _, p in sorted(late, reverse=True)]
 
 
 class Fetcher:
-    """Pull at most ``free`` messages across the priority consumers, weighted."""
+    """Pull at most ``free`` messages across the priority consumers (see module doc)."""
 
-    def __init__(self, pullers: Mapping[Priority, Puller], weights: Mapping[str, int]) -> None:
+    def __init__(
+        self,
+        pullers: Mapping[Priority, Puller],
+        max_wait: Mapping[str, float],
+        probe: Probe,
+        probe_s: float | None = None,
+    ) -> None:
         self.pullers = dict(pullers)
-        self.order = WeightedOrder(weights)
+        if probe_s is None:
+            probe_s = min(2.0, max(0.1, min(max_wait[p] for p in AGED) / 20))
+        self.aging = Aging(max_wait, probe, probe_s)
 
     async def fetch(self, free: int) -> list[tuple[Priority, Msg]]:
         """Return up to ``free`` messages available now, tagged with their priority.
@@ -55,10 +113,18 @@ class Fetcher:
         :class:`~taskflow_common.errors.UnavailableError` from the pulls.
         """
         out: list[tuple[Priority, Msg]] = []
-        for priority in self.order.next_order():
+        for priority in await self.aging.overdue():
+            if free <= 0:
+                break
+            msgs = await self.pullers[priority].pull(1)
+            out.extend((priority, m) for m in msgs)
+            free -= len(msgs)
+            self.aging.promoted_one(priority)
+        for priority in PRIORITIES:
             if free <= 0:
                 break
             msgs = await self.pullers[priority].pull(free)
             out.extend((priority, m) for m in msgs)
             free -= len(msgs)
+        self.aging.served({p for p, _ in out})
         return out

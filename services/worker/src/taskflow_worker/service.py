@@ -124,7 +124,7 @@ class Worker:
         names = self.bus.names
         for p in PRIORITIES:
             self.pullers[p] = await self.bus.puller(names.stream, names.consumer(p))
-        self.fetcher = Fetcher(self.pullers, self.settings.weights)
+        self.fetcher = Fetcher(self.pullers, self.settings.max_wait, self.bus.oldest_waiting)
 
         async def on_wake(_: Msg) -> None:
             self.doorbell.set()

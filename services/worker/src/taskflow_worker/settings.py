@@ -7,9 +7,9 @@ import socket
 
 from pydantic import Field, field_validator
 
-from taskflow_common.config import CommonSettings, Duration
+from taskflow_common.config import CommonSettings, Duration, parse_duration
 
-DEFAULT_WEIGHTS = "high=6,normal=3,low=1"
+DEFAULT_MAX_WAIT = "normal=45s,low=50s"
 
 
 def _default_worker_id() -> str:
@@ -25,19 +25,19 @@ class WorkerSettings(CommonSettings):
     task_timeout: Duration = Field(300.0, alias="WORKER_TASK_TIMEOUT", gt=0)
     handlers: str = Field("taskflow_worker.builtin", alias="WORKER_HANDLERS", min_length=1)
     worker_id: str = Field(default_factory=_default_worker_id, alias="WORKER_ID", min_length=1)
-    priority_weights: str = Field(DEFAULT_WEIGHTS, alias="WORKER_PRIORITY_WEIGHTS")
+    priority_max_wait: str = Field(DEFAULT_MAX_WAIT, alias="WORKER_PRIORITY_MAX_WAIT")
     metrics_port: int = Field(0, alias="WORKER_METRICS_PORT", ge=0, le=65535)
 
-    @field_validator("priority_weights")
+    @field_validator("priority_max_wait")
     @classmethod
-    def _check_weights(cls, value: str) -> str:
-        parse_weights(value)
+    def _check_max_wait(cls, value: str) -> str:
+        parse_max_wait(value)
         return value
 
     @property
-    def weights(self) -> dict[str, int]:
-        """``WORKER_PRIORITY_WEIGHTS`` parsed, e.g. ``{"high": 6, "normal": 3, "low": 1}``."""
-        return parse_weights(self.priority_weights)
+    def max_wait(self) -> dict[str, float]:
+        """``WORKER_PRIORITY_MAX_WAIT`` in seconds, e.g. ``{"normal": 45.0, "low": 50.0}``."""
+        return parse_max_wait(self.priority_max_wait)
 
     @property
     def handler_modules(self) -> list[str]:
@@ -45,16 +45,23 @@ class WorkerSettings(CommonSettings):
         return [m.strip() for m in self.handlers.split(",") if m.strip()]
 
 
-def parse_weights(value: str) -> dict[str, int]:
-    """Parse ``high=6,normal=3,low=1``; raise ValueError naming the accepted form."""
-    form = "expected high=N,normal=N,low=N with whole numbers >= 1"
-    weights: dict[str, int] = {}
+def parse_max_wait(value: str) -> dict[str, float]:
+    """Parse ``normal=45s,low=50s``; raise ValueError naming the accepted form.
+
+    How long a normal or low message may wait behind higher priorities before it is
+    fetched first (see :mod:`taskflow_worker.fetcher`). Durations as elsewhere.
+    """
+    form = "expected normal=DURATION,low=DURATION, e.g. normal=45s,low=50s (each > 0)"
+    bounds: dict[str, float] = {}
     for part in value.split(","):
-        name, _, number = part.partition("=")
+        name, _, text = part.partition("=")
         name = name.strip()
-        if name not in ("high", "normal", "low") or not number.strip().isdigit():
+        if name not in ("normal", "low") or name in bounds:
             raise ValueError(form)
-        weights[name] = int(number)
-    if set(weights) != {"high", "normal", "low"} or min(weights.values()) < 1:
+        try:
+            bounds[name] = parse_duration(text.strip())
+        except ValueError:
+            raise ValueError(form) from None
+    if set(bounds) != {"normal", "low"} or min(bounds.values()) <= 0:
         raise ValueError(form)
-    return weights
+    return bounds
