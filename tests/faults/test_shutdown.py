@@ -10,7 +10,9 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import itertools
+import time
 
+import asyncpg
 import pytest
 
 from tests.faults.conftest import ACK_WAIT_S, GRACE_S, MakeStack, worker_of
@@ -114,3 +116,69 @@ async def test_rolling_sigterms_interrupt_without_using_attempts(make_stack: Mak
         "SELECT failed_attempts FROM tasks WHERE id = $1::uuid", task["id"]
     )
     assert failed_attempts == 0
+
+
+HOLD_CLAIM = 4_242_002
+"""Advisory lock the test holds to keep a worker's claim waiting in Postgres."""
+
+
+async def test_sigterm_while_a_claim_is_in_flight_still_respects_the_grace(
+    make_stack: MakeStack,
+) -> None:
+    """Scenario 9/13 variant: SIGTERM lands while the worker's claim waits on Postgres.
+
+    The claim commits after the drain began; the handler it opens must still be bound by
+    the grace period (interrupted, not counted), so the worker exits in about the grace
+    instead of running a long task to its end after SIGTERM.
+    """
+    grace = 1.0
+    task_s = 6.0
+    stack = await make_stack(workers=1, env={"WORKER_SHUTDOWN_GRACE": f"{grace}s"})
+    holder = await asyncpg.connect(stack.env["DATABASE_URL"])
+    try:
+        await holder.execute(
+            f"""
+            CREATE FUNCTION fault_hold_claim() RETURNS trigger LANGUAGE plpgsql AS $$
+            BEGIN
+                IF NEW.status = 'processing' AND OLD.status <> 'processing' THEN
+                    PERFORM pg_advisory_xact_lock_shared({HOLD_CLAIM});
+                END IF;
+                RETURN NEW;
+            END $$;
+            CREATE TRIGGER fault_hold_claim BEFORE UPDATE ON tasks
+                FOR EACH ROW EXECUTE FUNCTION fault_hold_claim();
+            """
+        )
+        await holder.execute("SELECT pg_advisory_lock($1)", HOLD_CLAIM)
+        async with VersionWatcher(stack.env["DATABASE_URL"]) as watcher:
+            task = await stack.submit("test.sleep", {"sleep_s": task_s})
+
+            async def claim_waiting() -> bool:
+                n = await holder.fetchval(
+                    """SELECT count(*) FROM pg_locks
+                        WHERE locktype = 'advisory' AND objid = $1 AND NOT granted""",
+                    HOLD_CLAIM,
+                )
+                return n == 1
+
+            await wait_for(claim_waiting, 15, what="the worker's claim to wait on the lock")
+            worker = stack.workers[0]
+            worker.terminate()
+            sent = time.monotonic()
+            await wait_for(lambda: worker.events("worker_draining"), 10, what="the drain")
+            # Unlock first: dropping the trigger waits for the claim's table lock.
+            await holder.execute("SELECT pg_advisory_unlock($1)", HOLD_CLAIM)
+            await holder.execute("DROP TRIGGER fault_hold_claim ON tasks")
+            assert await worker.wait(timeout=task_s + 10) == 0
+            took = time.monotonic() - sent
+            assert took < grace + 2.5, f"the worker exited {took:.1f}s after SIGTERM"
+            await stack.start_worker()
+            done = await stack.wait_status(task["id"], timeout=task_s + 15)
+            assert done["status"] == "completed"
+            execs = await executions(stack, task["id"])
+            assert statuses(execs)[-1] == "succeeded"
+            assert set(statuses(execs)[:-1]) <= {"interrupted"}
+            report = await check_invariants(stack, [task["id"]], deadline_s=10, watcher=watcher)
+        report.assert_ok()
+    finally:
+        await holder.close()

@@ -99,6 +99,7 @@ class Worker:
         self.pullers: dict[Priority, Puller] = {}
         self.lease_s = settings.worker_ack_wait
         self.heartbeat_s = max(0.2, settings.worker_ack_wait / 3)
+        self.grace_over = False  # set by drain(): no handler may start any more
 
     # -- set-up ---------------------------------------------------------------------------
 
@@ -298,6 +299,10 @@ class Worker:
             deadline=time.time() + timeout,
             log=get_logger(f"taskflow.handler.{claim.type}"),
         )
+        if self.grace_over:
+            # Claimed after the shutdown grace ran out (the claim was still on its way
+            # to Postgres): give the attempt back without running it.
+            return Outcome("interrupted", error="worker shutting down")
         running.task = asyncio.create_task(fn(ctx, claim.payload))
         done, _ = await asyncio.wait({running.task}, timeout=timeout)
         if not done:
@@ -465,12 +470,19 @@ class Worker:
     # -- shutdown -------------------------------------------------------------------------
 
     async def drain(self) -> None:
-        """Let handlers finish within the grace period, interrupt the rest, settle all."""
+        """Let in-flight work finish within the grace period, interrupt the rest, settle all.
+
+        In flight means every delivery being handled, including one whose claim is still
+        on its way to Postgres: a handler it opens after SIGTERM is bound by the same
+        grace, and none starts once the grace is over.
+        """
         grace = self.settings.shutdown_grace
-        handlers = [r.task for r in self.running.values() if r.task is not None]
-        log.info("worker_draining", running=len(handlers), grace_s=grace)
-        if handlers:
-            await asyncio.wait(handlers, timeout=grace)
+        log.info(
+            "worker_draining", running=len(self.running), handling=len(self.handling), grace_s=grace
+        )
+        if self.handling:
+            await asyncio.wait(set(self.handling), timeout=grace)
+        self.grace_over = True
         for r in list(self.running.values()):
             r.stop("shutdown")
         if self.handling:
