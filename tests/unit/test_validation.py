@@ -217,7 +217,7 @@ def test_json_content_types_are_accepted(value: str) -> None:
 def test_other_content_types_are_415(value: str | None) -> None:
     with pytest.raises(Problem) as info:
         check_content_type(value)
-    assert (info.value.status_code, info.value.code) == (415, "unsupported_media_type")
+    assert (info.value.status_code, info.value.problem_code) == (415, "unsupported_media_type")
 
 
 def test_task_id_must_be_a_canonical_uuid() -> None:
@@ -227,7 +227,7 @@ def test_task_id_must_be_a_canonical_uuid() -> None:
     for bad in ["abc", "1", str(tid)[:-1], str(tid) + "0", tid.hex, "{" + str(tid) + "}", ""]:
         with pytest.raises(Problem) as info:
             parse_task_id(bad)
-        assert (info.value.status_code, info.value.code) == (400, "invalid_id")
+        assert (info.value.status_code, info.value.problem_code) == (400, "invalid_id")
 
 
 def test_idempotency_key_is_1_to_255_printable_ascii() -> None:
@@ -287,7 +287,7 @@ def test_bad_list_parameters_are_422_naming_them(params: dict[str, object], fiel
 def test_foreign_cursors_are_400_invalid_cursor(cursor: str) -> None:
     with pytest.raises(Problem) as info:
         parse_list_query({"cursor": cursor})
-    assert (info.value.status_code, info.value.code) == (400, "invalid_cursor")
+    assert (info.value.status_code, info.value.problem_code) == (400, "invalid_cursor")
 
 
 def test_cursor_round_trips_microseconds_and_id() -> None:

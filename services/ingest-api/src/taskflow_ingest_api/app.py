@@ -86,7 +86,8 @@ def create_app(settings: ApiSettings, deps: Deps | None = None) -> ASGIApp:
     spans and the declared-size limit cover every response.
     """
     deps = deps or Deps()
-    app = falcon.asgi.App(middleware=[RouteName(), Lifespan(settings, deps)])
+    middleware: list[object] = [RouteName(), Lifespan(settings, deps)]
+    app = falcon.asgi.App(middleware=middleware)  # type: ignore[arg-type]
     json_handler = falcon.media.JSONHandler(dumps=orjson.dumps, loads=orjson.loads)
     app.req_options.media_handlers[falcon.MEDIA_JSON] = json_handler
     app.resp_options.media_handlers[falcon.MEDIA_JSON] = json_handler

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import re
 import uuid
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 import falcon
@@ -32,10 +32,10 @@ from opentelemetry.trace import SpanKind, StatusCode
 from taskflow_common import logs, tracing
 from taskflow_ingest_api.problems import PROBLEM_JSON, Problem, to_dict
 
-Scope = MutableMapping[str, Any]
-Message = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
+# ASGI callables, typed as falcon.asgi.App.__call__ is.
+Scope = dict[str, Any]
+Receive = Callable[[], Awaitable[Mapping[str, Any]]]
+Send = Callable[[dict[str, Any]], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 REQUEST_ID_HEADER = "X-Request-Id"
@@ -100,7 +100,7 @@ class RequestContext:
         status = 500
         echo = (b"x-request-id", request_id.encode())
 
-        async def send_with_id(message: Message) -> None:
+        async def send_with_id(message: dict[str, Any]) -> None:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
@@ -125,7 +125,7 @@ class RequestContext:
 async def _send_problem(send: Send, problem: Problem) -> None:
     body = orjson.dumps(to_dict(problem))
     headers = [(b"content-type", PROBLEM_JSON.encode()), (b"content-length", b"%d" % len(body))]
-    headers += [(k.lower().encode(), v.encode()) for k, v in (problem.headers or {}).items()]
+    headers += [(k.lower().encode(), v.encode()) for k, v in problem.header_map.items()]
     await send({"type": "http.response.start", "status": problem.status_code, "headers": headers})
     await send({"type": "http.response.body", "body": body})
 

@@ -58,7 +58,7 @@ class FieldError:
 
 
 class Problem(falcon.HTTPError):
-    """An HTTP error with a stable ``code`` and optional field errors.
+    """An HTTP error with a stable ``problem_code`` and optional field errors.
 
     ``status`` is an int (e.g. 422); ``detail`` is a human sentence safe to show.
     """
@@ -74,8 +74,10 @@ class Problem(falcon.HTTPError):
         headers: dict[str, str] | None = None,
     ) -> None:
         super().__init__(status, title=title, description=detail, headers=headers)
-        self.code = code
+        # ``code`` is taken: falcon.HTTPError.code is an optional numeric app code.
+        self.problem_code = code
         self.errors = list(errors)
+        self.header_map = dict(headers or {})
 
 
 def validation_error(errors: Sequence[FieldError]) -> Problem:
@@ -88,7 +90,7 @@ def validation_error(errors: Sequence[FieldError]) -> Problem:
 def to_dict(error: falcon.HTTPError, req: falcon.Request | None = None) -> dict[str, Any]:
     """Render any Falcon HTTP error (ours or Falcon's) as the problem document."""
     status = error.status_code
-    code = getattr(error, "code", None) or _FALCON_CODES.get(status, f"http_{status}")
+    code = getattr(error, "problem_code", None) or _FALCON_CODES.get(status, f"http_{status}")
     # Falcon's titles are status lines ("404 Not Found"); RFC 9457 wants the phrase.
     title = (error.title or "").removeprefix(f"{status} ") or code
     detail = error.description
@@ -157,9 +159,9 @@ async def _handle_unexpected(
     raise _internal()
 
 
-def install(app: falcon.asgi.App) -> None:
+def install(app: falcon.asgi.App[falcon.asgi.Request, falcon.asgi.Response]) -> None:
     """Register the serializer and the exception → problem handlers on ``app``."""
-    app.set_error_serializer(serialize)  # type: ignore[arg-type]
+    app.set_error_serializer(serialize)
     # Falcon picks the most specific registered class, so order does not matter.
     app.add_error_handler(Exception, _handle_unexpected)
-    app.add_error_handler(TaskFlowError, _handle_taskflow)  # type: ignore[arg-type]
+    app.add_error_handler(TaskFlowError, _handle_taskflow)

@@ -186,7 +186,8 @@ class HealthResource:
         bus = self._deps.bus
         if bus is None or not bus.connected:
             return {"ok": False, "error": "not connected"}
-        return await _timed(bus.nc.flush(timeout=self._timeout_s), self._timeout_s)
+        # flush() is a PING/PONG round trip: the NATS latency.
+        return await _timed(bus.nc.flush(timeout=max(1, int(self._timeout_s))), self._timeout_s)
 
 
 async def _timed(check: Any, timeout_s: float) -> dict[str, Any]:
@@ -211,7 +212,11 @@ class ReadyResource:
         resp.media = {"status": "ready"}
 
 
-def add_routes(app: falcon.asgi.App, settings: ApiSettings, deps: Deps) -> None:
+def add_routes(
+    app: falcon.asgi.App[falcon.asgi.Request, falcon.asgi.Response],
+    settings: ApiSettings,
+    deps: Deps,
+) -> None:
     """Mount every resource on ``app`` under ``/api/v1``."""
     app.add_route(f"{API}/tasks", TasksResource(settings, deps))
     app.add_route(f"{API}/tasks/{{task_id}}", TaskResource(deps))
