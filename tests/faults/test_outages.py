@@ -11,9 +11,12 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import itertools
+import os
+import signal
 import time
 from typing import Any
 
+import asyncpg
 import pytest
 
 from taskflow_common.devstack.servers import NatsServer
@@ -231,3 +234,69 @@ async def test_postgres_outage_longer_than_the_lease_does_not_abandon_a_live_att
         assert statuses(execs) == ["succeeded"], execs
         report = await check_invariants(stack, [task["id"]], deadline_s=10, watcher=watcher)
     report.assert_ok()
+
+
+HOLD_CLAIM = 4_242_003
+
+
+async def test_a_claim_that_commits_after_the_worker_gave_up_is_not_lost(
+    make_stack: MakeStack, pg_server: PgHandle
+) -> None:
+    """Scenario 6, the claim's side: Postgres commits a claim its worker timed out on.
+
+    The worker's claim waits in Postgres; the postmaster is frozen (so the driver's
+    cancel request cannot get through) while the worker's statement timeout passes;
+    then the claim commits anyway. The worker believed it failed and nak'd: the
+    redelivery must run that attempt, not leave it to expire and count as a failure.
+    """
+    server = pg_server.require_embedded()
+    stack = await make_stack(workers=1, worker_env={"DB_STATEMENT_TIMEOUT": "1s"})
+    worker = stack.workers[0]
+    holder = await asyncpg.connect(stack.env["DATABASE_URL"])
+    postmaster = server.postmaster_pid()
+    assert postmaster is not None
+    try:
+        await holder.execute(
+            f"""
+            CREATE FUNCTION fault_hold_claim() RETURNS trigger LANGUAGE plpgsql AS $$
+            BEGIN
+                IF NEW.status = 'processing' AND OLD.status <> 'processing' THEN
+                    PERFORM pg_advisory_xact_lock_shared({HOLD_CLAIM});
+                END IF;
+                RETURN NEW;
+            END $$;
+            CREATE TRIGGER fault_hold_claim BEFORE UPDATE ON tasks
+                FOR EACH ROW EXECUTE FUNCTION fault_hold_claim();
+            """
+        )
+        await holder.execute("SELECT pg_advisory_lock($1)", HOLD_CLAIM)
+        async with VersionWatcher(stack.env["DATABASE_URL"]) as watcher:
+            task = await stack.submit("test.sleep", {"sleep_s": 0.2})
+
+            async def claim_waiting() -> bool:
+                n = await holder.fetchval(
+                    """SELECT count(*) FROM pg_locks
+                        WHERE locktype = 'advisory' AND objid = $1 AND NOT granted""",
+                    HOLD_CLAIM,
+                )
+                return n == 1
+
+            await wait_for(claim_waiting, 15, what="the claim to wait on the lock")
+            os.kill(postmaster, signal.SIGSTOP)
+            try:
+                await wait_for(
+                    lambda: worker.events("claim_unavailable"), 15, what="the claim to time out"
+                )
+                # The backend still runs: let the abandoned claim commit.
+                await holder.execute("SELECT pg_advisory_unlock($1)", HOLD_CLAIM)
+            finally:
+                os.kill(postmaster, signal.SIGCONT)
+            await holder.execute("DROP TRIGGER fault_hold_claim ON tasks")
+            done = await stack.wait_status(task["id"], timeout=ACK_WAIT_S * 3 + RECOVERY_S)
+            assert done["status"] == "completed"
+            execs = await executions(stack, task["id"])
+            assert statuses(execs) == ["succeeded"], execs
+            report = await check_invariants(stack, [task["id"]], deadline_s=10, watcher=watcher)
+        report.assert_ok()
+    finally:
+        await holder.close()

@@ -100,6 +100,9 @@ class Worker:
         self.lease_s = settings.worker_ack_wait
         self.heartbeat_s = max(0.2, settings.worker_ack_wait / 3)
         self.grace_over = False  # set by drain(): no handler may start any more
+        # Deliveries (task id -> dispatch) whose claim failed with an outage error: it
+        # may have committed anyway, leaving an open attempt owned by this process.
+        self.uncertain_claims: dict[uuid.UUID, int] = {}
 
     # -- set-up ---------------------------------------------------------------------------
 
@@ -197,7 +200,9 @@ class Worker:
             try:
                 outcome = await self._claim_and_run(message, msg)
             except OUTAGE as exc:
-                # Postgres away before the claim committed: no attempt was used; come back.
+                # Postgres away: usually the claim did not commit and no attempt was
+                # used; if it did commit unseen, the redelivery adopts it (see below).
+                self._remember_uncertain(message)
                 log.warning("claim_unavailable", error=repr(exc))
                 await _settle(msg.nak(delay=self._redelivery_delay(msg)))
                 return
@@ -217,11 +222,43 @@ class Worker:
         delivered = msg.metadata.num_delivered or 1
         return float(min(30, 2 ** min(delivered - 1, 5)))
 
+    def _remember_uncertain(self, message: TaskMessage) -> None:
+        self.uncertain_claims.pop(message.task_id, None)
+        self.uncertain_claims[message.task_id] = message.dispatch
+        while len(self.uncertain_claims) > 10_000:  # bounded; oldest first
+            del self.uncertain_claims[next(iter(self.uncertain_claims))]
+
+    async def _adopt(
+        self, conn: asyncpg.Connection, message: TaskMessage, refusal: attempts.Refusal
+    ) -> attempts.Claim | None:
+        """Take back our own attempt whose claim committed while we saw an error."""
+        if (
+            refusal.verdict not in ("owned_elsewhere", "lease_expired")
+            or refusal.worker_id != self.settings.worker_id
+            or self.uncertain_claims.get(message.task_id) != message.dispatch
+            or message.task_id in self.by_task
+        ):
+            return None
+        claim = await attempts.adopt(
+            conn,
+            message.task_id,
+            refusal.attempt,
+            message.dispatch,
+            self.settings.worker_id,
+            self.lease_s,
+        )
+        if claim is not None:
+            log.warning("claim_adopted", attempt=claim.attempt, dispatch=message.dispatch)
+        return claim
+
     async def _claim_and_run(self, message: TaskMessage, msg: Msg) -> str:
         async with self.db.acquire() as conn:
-            claim = await attempts.claim(
+            claim: attempts.Claim | attempts.Refusal = await attempts.claim(
                 conn, message.task_id, message.dispatch, self.settings.worker_id, self.lease_s
             )
+            if isinstance(claim, attempts.Refusal):
+                claim = await self._adopt(conn, message, claim) or claim
+            self.uncertain_claims.pop(message.task_id, None)
             if isinstance(claim, attempts.Refusal):
                 if claim.verdict == "unknown_task":
                     await self.dead_letter_malformed(msg, f"unknown task id {message.task_id}")

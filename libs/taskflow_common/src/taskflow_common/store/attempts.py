@@ -11,6 +11,8 @@ taken over, a duplicate delivery) can never overwrite newer state:
            letter pending); execution -> failed;
 - interrupt (graceful shutdown): processing(attempt) -> queued, execution -> interrupted,
            not counted against ``max_attempts``; the nak'd message claims it again;
+- adopt:   a worker whose claim committed while it saw an error (a timeout) takes its
+           own open attempt back when the same delivery comes again (see ``adopt``);
 - abandon (lease expired: worker gone or frozen): like a failure, execution -> abandoned.
 """
 
@@ -61,7 +63,8 @@ SELECT t.*, e.id AS execution_id FROM t, e
 # Why a claim did not match: read once, only on the rare path.
 _DIAGNOSE = """
 SELECT t.status, t.attempts, t.dispatch_seq, t.dispatch_pending, t.failed_attempts,
-       e.status AS execution_status, (e.lease_expires_at < now()) AS lease_expired
+       e.status AS execution_status, (e.lease_expires_at < now()) AS lease_expired,
+       e.worker_id
   FROM tasks t
   LEFT JOIN task_executions e ON e.task_id = t.id AND e.attempt = t.attempts
  WHERE t.id = $1
@@ -94,11 +97,13 @@ class Refusal:
     ``unknown_task``: no such row (dead-letter the message); ``already_done``: terminal;
     ``owned_elsewhere``: a live worker runs it; ``lease_expired``: the owner is gone,
     take the attempt over with :func:`abandon`; ``stale``: an older or not-yet-due copy.
+    ``worker_id`` names the owner of the open attempt (for the last two verdicts).
     """
 
     verdict: Verdict
     attempt: int = 0
     failed_attempts: int = 0
+    worker_id: str = ""
 
 
 async def claim(
@@ -130,8 +135,60 @@ async def claim(
         return Refusal("already_done")
     if why["status"] == "processing" and why["execution_status"] == "started":
         verdict: Verdict = "lease_expired" if why["lease_expired"] else "owned_elsewhere"
-        return Refusal(verdict, why["attempts"], why["failed_attempts"])
+        return Refusal(verdict, why["attempts"], why["failed_attempts"], why["worker_id"])
     return Refusal("stale")
+
+
+# The attempt must still be open, owned by this worker, and the task's current one for
+# this very dispatch; renewing the lease is the only write.
+_ADOPT = """
+WITH e AS (
+    UPDATE task_executions
+       SET lease_expires_at = now() + make_interval(secs => $5)
+     WHERE task_id = $1 AND attempt = $2 AND status = 'started' AND worker_id = $4
+       AND EXISTS (SELECT 1 FROM tasks WHERE id = $1 AND attempts = $2
+                      AND status = 'processing' AND dispatch_seq = $3)
+ RETURNING id
+)
+SELECT t.id, t.attempts, t.type, t.payload, t.priority, t.timeout_s, t.max_attempts,
+       t.failed_attempts, t.trace_parent, e.id AS execution_id
+  FROM tasks t, e
+ WHERE t.id = $1
+"""
+
+
+async def adopt(
+    conn: asyncpg.Connection,
+    task_id: uuid.UUID,
+    attempt: int,
+    dispatch: int,
+    worker_id: str,
+    lease_s: float,
+) -> Claim | None:
+    """Take back attempt ``attempt`` that ``worker_id`` claimed without seeing the result.
+
+    A claim can commit in Postgres while its worker gets an error (a statement timeout
+    whose cancel did not get through); the worker then naks the delivery, and its
+    redelivery finds the attempt "owned" by that same worker with nobody running it.
+    Only the worker that knows its claim outcome was uncertain may call this, with the
+    same delivery's ``dispatch``. Renews the lease; returns the :class:`Claim` to run,
+    or None when the attempt is no longer open (e.g. the reaper abandoned it).
+    """
+    row = await conn.fetchrow(_ADOPT, task_id, attempt, dispatch, worker_id, lease_s)
+    if row is None:
+        return None
+    return Claim(
+        task_id=row["id"],
+        attempt=row["attempts"],
+        execution_id=row["execution_id"],
+        type=row["type"],
+        payload=row["payload"],
+        priority=row["priority"],
+        timeout_s=row["timeout_s"],
+        max_attempts=row["max_attempts"],
+        failed_attempts=row["failed_attempts"],
+        trace_parent=row["trace_parent"],
+    )
 
 
 # --- finishing an attempt -------------------------------------------------------------
