@@ -79,7 +79,7 @@ async def test_json_shows_streams_and_consumer_settings(
     assert tasks["config"]["subjects"] == names.task_subjects
     assert tasks["config"]["retention"] == "workqueue"
     assert tasks["config"]["storage"] == "file"
-    assert tasks["config"]["duplicate_window_s"] == 120.0
+    assert tasks["config"]["duplicate_window"] == 120.0
     assert tasks["state"]["messages"] == 4
     assert tasks["state"]["bytes"] > 0
     assert tasks["state"]["subjects"] == {
@@ -87,16 +87,18 @@ async def test_json_shows_streams_and_consumer_settings(
         names.task_subject("low"): 1,
     }
 
-    consumers = {c["name"]: c for c in tasks["consumers"]}
-    assert set(consumers) == {names.consumer(p) for p in PRIORITIES}
-    assert tasks["missing_consumers"] == []
+    consumers = {c["name"]: c for c in report["consumers"]}
+    # Listed in priority order, each naming its stream.
+    assert [c["name"] for c in report["consumers"]] == [names.consumer(p) for p in PRIORITIES]
     for priority in PRIORITIES:
         c = consumers[names.consumer(priority)]
+        assert c["stream"] == names.stream
         assert c["expected"] is True
-        assert c["config"]["ack_wait_s"] == 7.0
+        assert c["config"]["ack_wait"] == 7.0
         assert c["config"]["max_deliver"] == 5
         assert c["config"]["max_ack_pending"] == 20
         assert c["config"]["ack_policy"] == "explicit"
+        assert c["config"]["filter_subject"] == names.task_subject(priority)
         assert c["config"]["filter_subjects"] == [names.task_subject(priority)]
         assert set(c["state"]) >= {
             "num_pending",
@@ -111,11 +113,10 @@ async def test_json_shows_streams_and_consumer_settings(
     dlq = streams[names.dlq_stream]
     assert dlq["role"] == "dead_letters"
     assert dlq["config"]["retention"] == "limits"
-    assert dlq["config"]["max_age_s"] == 30 * 86400.0
+    assert dlq["config"]["max_age"] == 30 * 86400.0
     assert dlq["config"]["subjects"] == [names.dlq_subject]
     # The dlq-monitor has not run, so its consumer is reported missing, not created.
-    assert dlq["missing_consumers"] == [names.dlq_consumer]
-    assert dlq["consumers"] == []
+    assert report["missing_consumers"] == [{"stream": names.dlq_stream, "name": names.dlq_consumer}]
 
 
 async def test_table_names_the_stream_and_consumers(bus: bus_mod.Bus, env: dict[str, str]) -> None:

@@ -2,7 +2,9 @@
 
 Only read-only JetStream API calls are made (``$JS.API.INFO``, ``STREAM.INFO``,
 ``CONSUMER.LIST``); nothing here creates, updates or deletes a stream or consumer.
-Every duration is in seconds (float), sizes in bytes, times RFC 3339 UTC.
+Field names follow nats-py's (``ack_wait``, ``max_age``, ``duplicate_window``...), but
+every duration is in seconds (float; the server's own JSON uses nanoseconds), sizes in
+bytes, times RFC 3339 UTC.
 """
 
 from __future__ import annotations
@@ -30,16 +32,18 @@ class Unreachable(TaskFlowError, ConnectionError):
 
 @dataclass(frozen=True, slots=True)
 class ConsumerReport:
-    """One durable consumer: config and state as the server reports them.
+    """One durable consumer of ``stream``: config and state as the server reports them.
 
-    ``config`` keys: ack_policy, deliver_policy, ack_wait_s, max_deliver,
-    max_ack_pending, max_waiting, backoff_s (list or null), filter_subjects (list).
+    ``config`` keys: ack_policy, deliver_policy, ack_wait (s), max_deliver,
+    max_ack_pending, max_waiting, backoff (list of s, or null), filter_subject (the first
+    filter or null), filter_subjects (all filters).
     ``state`` keys: num_pending, num_ack_pending, num_redelivered, num_waiting,
-    delivered_stream_seq, ack_floor_stream_seq, last_active, paused.
+    delivered_stream_seq, ack_floor_stream_seq, last_active (RFC 3339 or null), paused.
     ``expected`` says whether TaskFlow's services create this consumer.
     """
 
     name: str
+    stream: str
     expected: bool
     config: dict[str, Any]
     state: dict[str, Any]
@@ -49,11 +53,11 @@ class ConsumerReport:
 class StreamReport:
     """One TaskFlow stream (``role`` ``tasks`` or ``dead_letters``).
 
-    When ``exists`` is false, ``config``/``state`` are empty and ``consumers`` is [].
-    ``config`` keys: subjects, retention, storage, max_age_s (0 = unlimited),
-    duplicate_window_s, max_msgs, max_bytes, max_msg_size, discard, num_replicas.
-    ``state`` keys: messages, bytes, first_seq, last_seq, consumer_count, subjects
-    (``{subject: messages}``). ``missing_consumers`` names expected consumers not found.
+    When ``exists`` is false, ``config`` and ``state`` are empty.
+    ``config`` keys: subjects, retention, storage, max_age (s, 0 = unlimited),
+    duplicate_window (s), max_msgs, max_bytes, max_msg_size (-1 = unlimited), discard,
+    num_replicas. ``state`` keys: messages, bytes, first_seq, last_seq, consumer_count,
+    subjects (``{subject: messages}``).
     """
 
     name: str
@@ -62,22 +66,31 @@ class StreamReport:
     created: str | None = None
     config: dict[str, Any] = field(default_factory=dict)
     state: dict[str, Any] = field(default_factory=dict)
-    consumers: list[ConsumerReport] = field(default_factory=list)
-    missing_consumers: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True, slots=True)
 class Report:
-    """Everything js-info prints. ``to_json()`` is the ``--json`` output."""
+    """Everything js-info prints; ``to_json()`` is the ``--json`` output.
+
+    ``consumers`` lists every consumer of the TaskFlow streams (TaskFlow's own first);
+    ``missing_consumers`` the ones TaskFlow's services create that do not exist
+    (``{"stream", "name"}``), e.g. before the workers first started.
+    """
 
     server: dict[str, Any]
     names: dict[str, str]
     streams: list[StreamReport]
+    consumers: list[ConsumerReport]
+    missing_consumers: list[dict[str, str]]
 
     @property
     def missing_streams(self) -> list[str]:
         """Names of TaskFlow streams the server does not have."""
         return [s.name for s in self.streams if not s.exists]
+
+    def consumers_of(self, stream: str) -> list[ConsumerReport]:
+        """The consumers of ``stream``, in report order."""
+        return [c for c in self.consumers if c.stream == stream]
 
     def to_json(self) -> dict[str, Any]:
         """The report as JSON-ready data with stable keys (see the dataclasses)."""
@@ -106,18 +119,21 @@ def _filters(config: api.ConsumerConfig) -> list[str]:
 def consumer_report(info: api.ConsumerInfo, expected: bool) -> ConsumerReport:
     """Flatten nats-py's ConsumerInfo into a :class:`ConsumerReport`."""
     cfg = info.config
+    filters = _filters(cfg)
     return ConsumerReport(
         name=info.name,
+        stream=info.stream_name,
         expected=expected,
         config={
             "ack_policy": _enum(cfg.ack_policy),
             "deliver_policy": _enum(cfg.deliver_policy),
-            "ack_wait_s": cfg.ack_wait,
+            "ack_wait": cfg.ack_wait,
             "max_deliver": cfg.max_deliver,
             "max_ack_pending": cfg.max_ack_pending,
             "max_waiting": cfg.max_waiting,
-            "backoff_s": list(cfg.backoff) if cfg.backoff else None,
-            "filter_subjects": _filters(cfg),
+            "backoff": list(cfg.backoff) if cfg.backoff else None,
+            "filter_subject": filters[0] if filters else None,
+            "filter_subjects": filters,
         },
         state={
             "num_pending": info.num_pending or 0,
@@ -132,13 +148,9 @@ def consumer_report(info: api.ConsumerInfo, expected: bool) -> ConsumerReport:
     )
 
 
-def stream_report(
-    info: api.StreamInfo, role: str, consumers: list[api.ConsumerInfo], expected: list[str]
-) -> StreamReport:
-    """Flatten nats-py's StreamInfo (fetched with ``subjects_filter='>'``) and consumers."""
+def stream_report(info: api.StreamInfo, role: str) -> StreamReport:
+    """Flatten nats-py's StreamInfo (fetched with ``subjects_filter='>'``)."""
     cfg, state = info.config, info.state
-    found = {c.name for c in consumers}
-    ordered = sorted(consumers, key=lambda c: (c.name not in expected, c.name))
     return StreamReport(
         name=cfg.name or "",
         role=role,
@@ -148,8 +160,8 @@ def stream_report(
             "subjects": list(cfg.subjects or []),
             "retention": _enum(cfg.retention),
             "storage": _enum(cfg.storage),
-            "max_age_s": cfg.max_age or 0.0,
-            "duplicate_window_s": cfg.duplicate_window or 0.0,
+            "max_age": cfg.max_age or 0.0,
+            "duplicate_window": cfg.duplicate_window or 0.0,
             "max_msgs": cfg.max_msgs,
             "max_bytes": cfg.max_bytes,
             "max_msg_size": cfg.max_msg_size,
@@ -164,8 +176,6 @@ def stream_report(
             "consumer_count": state.consumer_count,
             "subjects": dict(sorted((state.subjects or {}).items())),
         },
-        consumers=[consumer_report(c, c.name in expected) for c in ordered],
-        missing_consumers=[name for name in expected if name not in found],
     )
 
 
@@ -233,17 +243,25 @@ async def collect(settings: CommonSettings, timeout_s: float = 5.0) -> Report:
             (names.stream, "tasks", [names.consumer(p) for p in PRIORITIES]),
             (names.dlq_stream, "dead_letters", [names.dlq_consumer]),
         ]
-        streams = []
+        streams: list[StreamReport] = []
+        consumers: list[ConsumerReport] = []
+        missing: list[dict[str, str]] = []
         for stream, role, expected in layout:
             try:
                 info = await js.stream_info(stream, subjects_filter=">")
-                consumers = await js.consumers_info(stream)
+                found = await js.consumers_info(stream)
             except nats.js.errors.NotFoundError:
                 streams.append(StreamReport(name=stream, role=role, exists=False))
                 continue
             except (nats.errors.TimeoutError, TimeoutError) as exc:
                 raise Unreachable(f"JetStream did not answer about {stream} in time") from exc
-            streams.append(stream_report(info, role, consumers, expected))
+            streams.append(stream_report(info, role))
+            # TaskFlow's own consumers first, in layout order; any others after, by name.
+            order = {name: i for i, name in enumerate(expected)}
+            found.sort(key=lambda c: (order.get(c.name, len(order)), c.name))
+            consumers += [consumer_report(c, c.name in order) for c in found]
+            names_found = {c.name for c in found}
+            missing += [{"stream": stream, "name": n} for n in expected if n not in names_found]
         return Report(
             server=server,
             names={
@@ -253,6 +271,8 @@ async def collect(settings: CommonSettings, timeout_s: float = 5.0) -> Report:
                 "subject_prefix": names.prefix,
             },
             streams=streams,
+            consumers=consumers,
+            missing_consumers=missing,
         )
     finally:
         await nc.close()

@@ -62,8 +62,8 @@ def _stream_table(stream: StreamReport) -> Table:
         ("retention", str(cfg["retention"])),
         ("storage", str(cfg["storage"])),
         ("replicas", str(cfg["num_replicas"])),
-        ("max age", duration(cfg["max_age_s"])),
-        ("duplicate window", duration(cfg["duplicate_window_s"], zero="off")),
+        ("max age", duration(cfg["max_age"])),
+        ("duplicate window", duration(cfg["duplicate_window"], zero="off")),
         ("max messages", _limit(cfg["max_msgs"])),
         ("max bytes", size(cfg["max_bytes"])),
         ("max message size", size(cfg["max_msg_size"])),
@@ -91,7 +91,7 @@ def _subjects_table(stream: StreamReport) -> Table:
     return table
 
 
-def _consumers_table(stream: StreamReport) -> Table:
+def _consumers_table(report: Report, stream: StreamReport) -> Table:
     table = Table(title=f"Consumers of {stream.name}", title_justify="left", box=box.SIMPLE)
     for name, justify in (
         ("consumer", "left"),
@@ -105,12 +105,12 @@ def _consumers_table(stream: StreamReport) -> Table:
         ("waiting", "right"),
     ):
         table.add_column(name, justify=justify, overflow="fold")  # type: ignore[arg-type]
-    for c in stream.consumers:
+    for c in report.consumers_of(stream.name):
         cfg, state = c.config, c.state
         table.add_row(
             c.name if c.expected else f"{c.name} (not TaskFlow's)",
             ", ".join(cfg["filter_subjects"]) or "(all)",
-            duration(cfg["ack_wait_s"], zero="-"),
+            duration(cfg["ack_wait"], zero="-"),
             _limit(cfg["max_deliver"]),
             _limit(cfg["max_ack_pending"]),
             str(state["num_pending"]),
@@ -118,7 +118,8 @@ def _consumers_table(stream: StreamReport) -> Table:
             str(state["num_redelivered"]),
             str(state["num_waiting"]),
         )
-    for name in stream.missing_consumers:
+    missing = [m["name"] for m in report.missing_consumers if m["stream"] == stream.name]
+    for name in missing:
         table.add_row(f"{name} (missing)", "", "", "", "", "", "", "", "", style="yellow")
     return table
 
@@ -141,4 +142,4 @@ def render(report: Report, console: Console) -> None:
             continue
         console.print(_stream_table(stream))
         console.print(_subjects_table(stream))
-        console.print(_consumers_table(stream))
+        console.print(_consumers_table(report, stream))
