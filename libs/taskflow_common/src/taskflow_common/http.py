@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import re
 import uuid
-from collections.abc import Awaitable, Callable, Mapping, MutableMapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -53,9 +53,10 @@ REQUEST_ID_HEADER = "X-Request-Id"
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,200}$")
 _UUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
 
-Scope = MutableMapping[str, Any]
-Message = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[Message]]
+# ASGI callables, typed as falcon.asgi.App.__call__ is (so a Falcon app is an ASGIApp).
+Scope = dict[str, Any]
+Message = dict[str, Any]
+Receive = Callable[[], Awaitable[Mapping[str, Any]]]
 Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
@@ -84,12 +85,10 @@ class FieldError:
 
 
 class Problem(falcon.HTTPError):
-    """An HTTP error with a stable ``code`` and optional field errors.
+    """An HTTP error with a stable ``problem_code`` and optional field errors.
 
     ``status`` is an int (e.g. 422); ``detail`` is a human sentence safe to show.
     """
-
-    code: str  # type: ignore[assignment]  # Falcon's own code is an int we never use
 
     def __init__(
         self,
@@ -104,8 +103,10 @@ class Problem(falcon.HTTPError):
         super().__init__(
             status, title=title, description=detail, headers=dict(headers) if headers else None
         )
-        self.code = code
+        # ``code`` is taken: falcon.HTTPError.code is an optional numeric app code.
+        self.problem_code = code
         self.errors = list(errors)
+        self.header_map = dict(headers or {})
 
 
 def validation_error(errors: Sequence[FieldError]) -> Problem:
@@ -125,7 +126,7 @@ def parse_uuid(value: str, what: str = "task id") -> uuid.UUID:
 def to_dict(error: falcon.HTTPError, req: falcon.Request | None = None) -> dict[str, Any]:
     """Render any Falcon HTTP error (ours or Falcon's) as the problem document."""
     status = error.status_code
-    code = getattr(error, "code", None) or _FALCON_CODES.get(status, f"http_{status}")
+    code = getattr(error, "problem_code", None) or _FALCON_CODES.get(status, f"http_{status}")
     # Falcon's titles are status lines ("404 Not Found"); RFC 9457 wants the phrase.
     title = (error.title or "").removeprefix(f"{status} ") or code
     detail = error.description
@@ -134,7 +135,7 @@ def to_dict(error: falcon.HTTPError, req: falcon.Request | None = None) -> dict[
     elif detail is None and req is not None and status == 405:
         detail = f"{req.method} is not allowed on {req.path}"
     doc: dict[str, Any] = {
-        "type": TYPE_BASE + str(code),
+        "type": TYPE_BASE + code,
         "title": title,
         "status": status,
         "detail": detail or title,
@@ -291,8 +292,7 @@ def _headers(scope: Scope) -> dict[str, str]:
 async def _send_problem(send: Send, problem: Problem) -> None:
     body = orjson.dumps(to_dict(problem))
     headers = [(b"content-type", PROBLEM_JSON.encode()), (b"content-length", b"%d" % len(body))]
-    extra: Mapping[str, str] = dict(problem.headers or {})
-    headers += [(k.lower().encode(), v.encode()) for k, v in extra.items()]
+    headers += [(k.lower().encode(), v.encode()) for k, v in problem.header_map.items()]
     await send({"type": "http.response.start", "status": problem.status_code, "headers": headers})
     await send({"type": "http.response.body", "body": body})
 

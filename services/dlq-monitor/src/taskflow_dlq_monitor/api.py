@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any
 
 import asyncpg
 import falcon
@@ -280,6 +280,4 @@ def create_app(deps: Deps, tracer: trace.Tracer | None = None) -> ASGIApp:
     app.add_route("/api/v1/dlq/{task_id}/discard", Discard(deps))
     app.add_route("/api/v1/health", Health(deps, strict=False))
     app.add_route("/api/v1/ready", Health(deps, strict=True))
-    # Falcon types its scope as dict, the ASGI protocol as any mutable mapping.
-    asgi = cast(ASGIApp, app)
-    return RequestContext(asgi, tracer or trace.get_tracer("taskflow_dlq_monitor"))
+    return RequestContext(app, tracer or trace.get_tracer("taskflow_dlq_monitor"))
