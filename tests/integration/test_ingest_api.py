@@ -457,6 +457,25 @@ async def test_unknown_route_and_wrong_method_are_problems(
     assert_problem(await api.simulate_post(f"{TASKS}/{uuid.uuid4()}"), 405, "method_not_allowed")
 
 
+async def test_unexpected_database_error_is_a_bare_500(
+    api: falcon.testing.ASGIConductor, database_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A real fault, not a mock: the schema is gone under the running API.
+    await execute(database_url, "DROP TABLE tasks CASCADE")
+    result = await api.simulate_post(
+        TASKS, json={"type": "demo"}, headers={"X-Request-Id": "rid-500"}
+    )
+    doc = assert_problem(result, 500, "internal_error")
+    assert result.headers["x-request-id"] == "rid-500"
+    assert "tasks" not in result.text
+    assert "relation" not in result.text
+    assert "asyncpg" not in result.text
+    assert doc["detail"] == "the server could not handle the request"
+    failed = [r for r in caplog.records if r.getMessage() == "request_failed"]
+    assert failed
+    assert failed[0].exc_info is not None
+
+
 # -- idempotency ----------------------------------------------------------------------------------
 
 

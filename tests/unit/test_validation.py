@@ -10,6 +10,8 @@ import pytest
 from taskflow_common.store.tasks import (
     InvalidCursor,
     TaskSpec,
+    _clean,
+    _problems,
     decode_cursor,
     encode_cursor,
     json_problems,
@@ -334,3 +336,25 @@ def test_later_options_enter_the_hash_only_when_set() -> None:
 def test_json_problems_accepts_every_plain_json_value() -> None:
     value = {"s": "x", "i": -(2**63), "f": 1.5e300, "b": True, "n": None, "l": [[], {}]}
     assert json_problems(value, "payload", 64) == []
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        {},
+        [True, False, None, 0, -1.5, "s"],
+        {"a": {"b": [{"c": "d"}]}},
+        2**63,
+        float("inf"),
+        float("nan"),
+        "x\x00",
+        {"k\x00": 1},
+        [[[[1]]]],
+        [[[[[1]]]]],
+        [{"ok": 1}, {"bad": -(2**63) - 1}],
+        [1, {1, 2}],
+    ],
+)
+def test_quick_check_and_located_problems_agree(value: object) -> None:
+    """json_problems answers from a fast pass; a problem it finds must also be located."""
+    assert _clean(value, 4) == (not _problems(value, "payload", 4))
