@@ -114,9 +114,9 @@ class DeadLetter:
         if not isinstance(obj, dict) or not isinstance(obj.get("reason"), str):
             raise MalformedMessage("dead letter without a reason")
         try:
-            task_id = uuid.UUID(obj["task_id"]) if obj.get("task_id") else None
+            task_id = uuid.UUID(str(obj["task_id"])) if obj.get("task_id") else None
             raw = base64.b64decode(obj["raw"]) if obj.get("raw") else None
-        except (ValueError, TypeError) as exc:
+        except (ValueError, TypeError, AttributeError) as exc:
             raise MalformedMessage(f"bad dead letter field: {exc}") from None
         attempts = obj.get("attempts")
         return cls(
