@@ -144,16 +144,12 @@ def service_env(
 
 
 @pytest.fixture
-async def services(tmp_path: Path, request: pytest.FixtureRequest) -> AsyncIterator[ServiceFactory]:
+async def services(tmp_path: Path) -> AsyncIterator[ServiceFactory]:
     """Start services with ``await services.start("worker", env)``; all stopped at teardown.
 
     At teardown each service's exit code and log tail are printed: pytest shows them
-    with a failing test. Services are stopped before the test's database is dropped,
-    whatever order the test lists its fixtures in.
+    with a failing test.
     """
-    if "database_url" in request.fixturenames:
-        # Set the database up first, so that it is torn down after the services.
-        request.getfixturevalue("database_url")
     factory = ServiceFactory(tmp_path / "services", cwd=REPO)
     try:
         yield factory
