@@ -100,6 +100,10 @@ class Bus:
         self.js: JetStreamContext = self.nc.jetstream()
         self.ready = asyncio.Event()
         self.server_version = ""
+        self.error: BaseException | None = None
+        """Why the background connect gave up (e.g. a NATS server that is too old)."""
+        self._last_error: tuple[str, float] = ("", 0.0)
+        self._closing = False
 
     @property
     def connected(self) -> bool:
@@ -162,6 +166,7 @@ class Bus:
 
     async def close(self) -> None:
         """Drain the connection (flush pending acks/publishes), then close it."""
+        self._closing = True
         if self.nc.is_connected:
             try:
                 await asyncio.wait_for(self.nc.drain(), timeout=5)
@@ -171,10 +176,18 @@ class Bus:
             await self.nc.close()
 
     async def _on_error(self, exc: Exception) -> None:
-        log.warning("nats_error", error=f"{exc.__class__.__name__}: {exc}")
+        # While a server is down nats-py reports every refused reconnect (4 a second);
+        # log the first of a kind and then at most one every 30 s.
+        kind = exc.__class__.__name__
+        now = asyncio.get_running_loop().time()
+        last_kind, last_at = self._last_error
+        if kind != last_kind or now - last_at >= 30.0:
+            self._last_error = (kind, now)
+            log.warning("nats_error", error=f"{kind}: {exc}")
 
     async def _on_disconnect(self) -> None:
-        log.warning("nats_disconnected", url=self.settings.nats_url)
+        if not self._closing:
+            log.warning("nats_disconnected", url=self.settings.nats_url)
 
     async def _on_reconnect(self) -> None:
         log.info("nats_reconnected", url=self.settings.nats_url)
@@ -525,7 +538,7 @@ async def connect(
     if wait:
         await bus.start(name, stop)
     else:
-        task = asyncio.create_task(bus.start(name, stop))
+        task = asyncio.create_task(_start_in_background(bus, name, stop))
     try:
         yield bus
     finally:
@@ -534,6 +547,17 @@ async def connect(
             with contextlib.suppress(asyncio.CancelledError, UnavailableError):
                 await task
         await bus.close()
+
+
+async def _start_in_background(bus: Bus, name: str, stop: asyncio.Event | None) -> None:
+    """Run :meth:`Bus.start`; keep a fatal error on ``bus.error`` instead of losing it."""
+    try:
+        await bus.start(name, stop)
+    except IncompatibleServerError as exc:
+        bus.error = exc
+        log.error("nats_incompatible", error=str(exc))
+    except UnavailableError as exc:
+        bus.error = exc
 
 
 def on_message(callback: Callable[[Msg], None]) -> Callable[[Msg], asyncio.Future[None]]:

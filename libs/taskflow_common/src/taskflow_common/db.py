@@ -35,6 +35,10 @@ TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
     asyncpg.exceptions.QueryCanceledError,
     asyncpg.exceptions.ConnectionFailureError,
     asyncpg.exceptions.PostgresConnectionError,
+    # A database that does not exist (yet) or refuses our credentials is, from a
+    # request's point of view, a dependency that is not available: 503, not 500.
+    asyncpg.exceptions.InvalidCatalogNameError,
+    asyncpg.exceptions.InvalidAuthorizationSpecificationError,
 )
 
 
