@@ -51,7 +51,8 @@ WITH t AS (
        AND ((NOT dispatch_pending AND dispatch_seq = $2)
             OR (dispatch_pending AND dispatch_seq + 1 = $2 AND run_at <= now()))
  RETURNING id, attempts, type, payload, priority, timeout_s, max_attempts,
-           failed_attempts, trace_parent
+           failed_attempts, trace_parent,
+           extract(epoch FROM now() - run_at)::float8 AS queue_wait_s
 ), e AS (
     INSERT INTO task_executions (task_id, attempt, status, worker_id, lease_expires_at)
     SELECT id, attempts, 'started', $3, now() + make_interval(secs => $4) FROM t
@@ -85,6 +86,9 @@ class Claim:
     max_attempts: int
     failed_attempts: int
     trace_parent: str | None
+    queue_wait_s: float | None = None
+    """Seconds from the task being due (``run_at``) to this claim (database clock); None
+    for an adopted claim."""
 
 
 Verdict = Literal["unknown_task", "already_done", "owned_elsewhere", "lease_expired", "stale"]
@@ -127,6 +131,7 @@ async def claim(
             max_attempts=row["max_attempts"],
             failed_attempts=row["failed_attempts"],
             trace_parent=row["trace_parent"],
+            queue_wait_s=row["queue_wait_s"],
         )
     why = await conn.fetchrow(_DIAGNOSE, task_id)
     if why is None:
