@@ -7,6 +7,8 @@ import uuid
 
 import pytest
 
+from taskflow_common.http import Problem, to_dict
+from taskflow_common.http import parse_uuid as parse_task_id
 from taskflow_common.store.tasks import (
     InvalidCursor,
     TaskSpec,
@@ -16,13 +18,11 @@ from taskflow_common.store.tasks import (
     encode_cursor,
     json_problems,
 )
-from taskflow_ingest_api.problems import Problem, to_dict
 from taskflow_ingest_api.validation import (
     check_content_type,
     parse_idempotency_key,
     parse_list_query,
     parse_submit,
-    parse_task_id,
 )
 
 

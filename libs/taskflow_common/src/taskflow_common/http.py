@@ -240,6 +240,11 @@ class RequestContext:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        # ``headers`` and each pair may be any iterable, even one-shot iterators
+        # (falcon.testing passes those): read them once and hand the app a scope
+        # holding a plain list of pairs.
+        raw_headers = [(bytes(k), bytes(v)) for k, v in scope.get("headers") or ()]
+        scope = {**scope, "headers": raw_headers}
         headers = _headers(scope)
         given = headers.get("x-request-id")
         request_id = given if given and _REQUEST_ID.match(given) else uuid.uuid4().hex

@@ -21,12 +21,12 @@ import orjson
 import uvicorn
 
 from taskflow_common import bus as nats_bus
+from taskflow_common import http
 from taskflow_common.db import open_pool
 from taskflow_common.errors import TaskFlowError, UnavailableError
+from taskflow_common.http import ASGIApp, RequestContext, RouteName
 from taskflow_common.lifecycle import ready
 from taskflow_common.logs import get_logger
-from taskflow_ingest_api import problems
-from taskflow_ingest_api.middleware import ASGIApp, RequestContext, RouteName
 from taskflow_ingest_api.resources import Deps, add_routes
 from taskflow_ingest_api.settings import ApiSettings
 
@@ -92,7 +92,7 @@ def create_app(settings: ApiSettings, deps: Deps | None = None) -> ASGIApp:
     app.req_options.media_handlers[falcon.MEDIA_JSON] = json_handler
     app.resp_options.media_handlers[falcon.MEDIA_JSON] = json_handler
     app.req_options.strip_url_path_trailing_slash = True
-    problems.install(app)
+    http.install(app)
     add_routes(app, settings, deps)
     return RequestContext(app, deps.tracer, settings.max_body_bytes)
 

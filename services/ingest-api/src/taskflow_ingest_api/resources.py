@@ -10,7 +10,7 @@ Routes::
     GET  /api/v1/health                   200 {"status": "ok"|"degraded", "checks": {...}}
     GET  /api/v1/ready                    200 {"status": "ready"} | 503 unavailable
 
-Errors are problem+json (:mod:`taskflow_ingest_api.problems`).
+Errors are problem+json (:mod:`taskflow_common.http`).
 """
 
 from __future__ import annotations
@@ -28,17 +28,16 @@ from taskflow_common import tracing
 from taskflow_common.bus import Bus
 from taskflow_common.db import Database
 from taskflow_common.errors import UnavailableError
+from taskflow_common.http import parse_uuid, read_body
 from taskflow_common.logs import get_logger
 from taskflow_common.store import tasks as store
 from taskflow_common.store.rows import execution_json, task_json
-from taskflow_ingest_api.middleware import read_body
 from taskflow_ingest_api.settings import ApiSettings
 from taskflow_ingest_api.validation import (
     check_content_type,
     parse_idempotency_key,
     parse_list_query,
     parse_submit,
-    parse_task_id,
 )
 
 log = get_logger(__name__)
@@ -134,7 +133,7 @@ class TaskResource:
         self, req: falcon.asgi.Request, resp: falcon.asgi.Response, task_id: str
     ) -> None:
         """Return the task; 400 ``invalid_id`` for a non-UUID, 404 ``not_found``."""
-        tid = parse_task_id(task_id)
+        tid = parse_uuid(task_id)
         async with self._deps.database().acquire() as conn:
             row = await store.get(conn, tid)
         resp.media = {"task": task_json(row)}
@@ -150,7 +149,7 @@ class ExecutionsResource:
         self, req: falcon.asgi.Request, resp: falcon.asgi.Response, task_id: str
     ) -> None:
         """Return ``{"items": [Execution]}``; 404 when the task does not exist."""
-        tid = parse_task_id(task_id)
+        tid = parse_uuid(task_id)
         async with self._deps.database().acquire() as conn:
             rows = await store.executions(conn, tid)
         resp.media = {"items": [execution_json(r) for r in rows]}

@@ -1,6 +1,6 @@
 """Request validation: the submit body, list query parameters, ids and headers.
 
-Everything here is pure (no I/O) and raises :class:`~taskflow_ingest_api.problems.Problem`:
+Everything here is pure (no I/O) and raises :class:`~taskflow_common.http.Problem`:
 400 ``invalid_json`` for a body that is not JSON at all (or empty), 400 ``invalid_id`` /
 ``invalid_cursor`` for malformed path ids and cursors, and 422 ``validation_error``
 listing each offending field for JSON that parses but is not an acceptable request.
@@ -9,7 +9,6 @@ listing each offending field for JSON that parses but is not an acceptable reque
 from __future__ import annotations
 
 import re
-import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -17,6 +16,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, JsonValue, ValidationError
 from pydantic_core import ErrorDetails
 
+from taskflow_common.http import FieldError, Problem, validation_error
 from taskflow_common.store.rows import TASK_STATUSES
 from taskflow_common.store.tasks import (
     MAX_LIST_LIMIT,
@@ -27,7 +27,6 @@ from taskflow_common.store.tasks import (
     json_problems,
 )
 from taskflow_common.subjects import PRIORITIES
-from taskflow_ingest_api.problems import FieldError, Problem, validation_error
 
 TYPE_RULE = "must be 1..128 characters of A-Z a-z 0-9 _ . : -"
 PRIORITY_RULE = "must be one of: " + ", ".join(PRIORITIES)
@@ -36,7 +35,6 @@ IDEMPOTENCY_KEY_RULE = "must be 1..255 printable ASCII characters"
 DEFAULT_LIST_LIMIT = 50
 LIST_PARAMS = ("status", "type", "priority", "limit", "cursor")
 
-_UUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
 _PRINTABLE_ASCII = re.compile(r"^[\x20-\x7e]{1,255}$")
 
 
@@ -123,13 +121,6 @@ def _problem_from(exc: ValidationError, raw: bytes, max_depth: int) -> Problem:
             return validation_error([FieldError(where, f"nested deeper than {max_depth} levels")])
         return Problem(400, "invalid_json", f"the request body is not valid JSON: {message}")
     return validation_error([FieldError(*_field_message(e)) for e in errors])
-
-
-def parse_task_id(value: str) -> uuid.UUID:
-    """Return the UUID in a path segment; raise 400 ``invalid_id`` unless canonical form."""
-    if not _UUID.match(value):
-        raise Problem(400, "invalid_id", "task id must be a UUID like 0b7c...-...-...-...-...")
-    return uuid.UUID(value)
 
 
 def check_content_type(value: str | None) -> None:
