@@ -32,7 +32,12 @@ READY_EVENT = "service_ready"
 _SCRUBBED = {f.alias for f in CommonSettings.model_fields.values() if f.alias} | {
     "HTTP_PORT",
     "DLQ_HTTP_PORT",
+    "WORKER_METRICS_PORT",
+    "DISPATCHER_METRICS_PORT",
 }
+# Metrics ports default to fixed ones (9101/9102); several workers of one test, or tests
+# running side by side, would collide there: each takes a free port unless a test says.
+_DEFAULTS = {"WORKER_METRICS_PORT": "0", "DISPATCHER_METRICS_PORT": "0"}
 
 
 def module_for(name: str) -> str:
@@ -61,7 +66,7 @@ class ServiceProcess:
         self.name = name
         self.argv = list(argv) if argv else [sys.executable, "-m", module_for(name)]
         base = {k: v for k, v in os.environ.items() if k not in _SCRUBBED}
-        self.env = {**base, "PYTHONUNBUFFERED": "1", **env}
+        self.env = {**base, "PYTHONUNBUFFERED": "1", **_DEFAULTS, **env}
         self.log_path = log_path
         self.cwd = cwd
         self.proc: subprocess.Popen[bytes] | None = None

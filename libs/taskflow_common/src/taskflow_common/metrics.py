@@ -61,7 +61,7 @@ __all__ = [
     "serve",
 ]
 
-disable_created_metrics()
+disable_created_metrics()  # type: ignore[no-untyped-call]  # untyped in prometheus-client
 
 MAX_TYPES = 100
 """Distinct ``type`` label values a process reports before folding new ones into ``other``."""
@@ -112,7 +112,7 @@ class LabelCap:
 
 def priority_label(value: str | None) -> str:
     """``high``/``normal``/``low`` as given; anything else ``other``."""
-    return value if value in _PRIORITIES else OTHER  # type: ignore[return-value]
+    return value if value is not None and value in _PRIORITIES else OTHER
 
 
 def new_registry() -> CollectorRegistry:

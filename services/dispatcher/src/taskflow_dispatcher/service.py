@@ -26,6 +26,7 @@ from typing import Any
 import asyncpg
 from nats.js import api
 from opentelemetry import trace
+from prometheus_client import CollectorRegistry
 
 from taskflow_common import db as dbmod
 from taskflow_common import tracing
@@ -38,9 +39,12 @@ from taskflow_common.errors import UnavailableError
 from taskflow_common.lifecycle import ready, wait_any
 from taskflow_common.logs import get_logger
 from taskflow_common.messages import DeadLetter, TaskMessage
+from taskflow_common.metrics import DispatcherMetrics, new_registry
+from taskflow_common.metrics import serve as serve_metrics
 from taskflow_common.store import attempts, outbox
 from taskflow_common.store.rows import rfc3339
 from taskflow_common.subjects import HEADER_MSG_ID, HEADER_TRACEPARENT, Names
+from taskflow_dispatcher.sampler import Sampler
 from taskflow_dispatcher.settings import DispatcherSettings
 
 log = get_logger(__name__)
@@ -84,10 +88,18 @@ class LeaseTrust:
 class Dispatcher:
     """Publishes due work; see the module docstring for the loops."""
 
-    def __init__(self, settings: DispatcherSettings, db: Database, bus: Bus) -> None:
+    def __init__(
+        self,
+        settings: DispatcherSettings,
+        db: Database,
+        bus: Bus,
+        registry: CollectorRegistry | None = None,
+    ) -> None:
         self.settings = settings
         self.db = db
         self.bus = bus
+        self.metrics = DispatcherMetrics(registry or new_registry())
+        self.sampler = Sampler(db, bus, self.metrics, settings.metrics_interval)
         self.names: Names = bus.names
         self.wake = asyncio.Event()
         self.tracer = trace.get_tracer("taskflow.dispatcher")
@@ -131,20 +143,25 @@ class Dispatcher:
                 )
             results = await self.bus.publish_batch(items)
             published = []
+            published_spans = []
             errors: list[BaseException] = []
             for d, result, span in zip(due, results, spans, strict=True):
                 if isinstance(result, api.PubAck):
                     published.append(d)
+                    published_spans.append(span)
                 else:
                     errors.append(result)
                     span.set_status(trace.StatusCode.ERROR, repr(result))
                 span.end()
             await outbox.mark_dispatched(conn, published)
+        self.metrics.published_batch([d.priority for d in published], len(errors))
         if published:
             await self.bus.ring(sorted({d.priority for d in published}))  # type: ignore[arg-type]
             if log.is_enabled(10):
-                for d in published:
-                    log.debug("task_published", task_id=str(d.task_id), attempt=d.attempt)
+                for d, span in zip(published, published_spans, strict=True):
+                    # In the publish span, so the line carries its trace and span ids.
+                    with trace.use_span(span, end_on_exit=False):
+                        log.debug("task_published", task_id=str(d.task_id), attempt=d.attempt)
         if errors and not published:
             raise UnavailableError(f"publish failed for {len(errors)} tasks: {errors[0]!r}")
         return len(published)
@@ -156,7 +173,22 @@ class Dispatcher:
             if not dead:
                 return 0
             items = []
+            spans = []
             for t in dead:
+                # The dead-letter span is a child of the submitting request; the message
+                # carries the span's own context, so the dlq-monitor's record span is its
+                # child (request -> dead letter -> record).
+                span = self.tracer.start_span(
+                    "task dead-letter",
+                    context=tracing.context_from_traceparent(t.trace_parent),
+                    kind=trace.SpanKind.PRODUCER,
+                    attributes={
+                        "taskflow.task_id": str(t.task_id),
+                        "taskflow.type": t.type,
+                        "taskflow.attempt": t.attempts,
+                    },
+                )
+                spans.append(span)
                 letter = DeadLetter(
                     reason="failed",
                     task_id=t.task_id,
@@ -168,19 +200,26 @@ class Dispatcher:
                     trace_id=tracing.trace_id_of(t.trace_parent),
                 )
                 headers = {HEADER_MSG_ID: self.names.dlq_msg_id(str(t.task_id), t.attempts)}
-                if t.trace_parent:
-                    headers[HEADER_TRACEPARENT] = t.trace_parent
+                tracing.inject(headers, trace.set_span_in_context(span))
                 items.append((self.names.dlq_subject, letter.encode(), headers))
-            results = await self.bus.publish_batch(items)
-            done = [t for t, r in zip(dead, results, strict=True) if isinstance(r, api.PubAck)]
-            await outbox.mark_dead_published(conn, [t.task_id for t in done])
-        for t in done:
-            with self.tracer.start_as_current_span(
-                "task dead-letter",
-                context=tracing.context_from_traceparent(t.trace_parent),
-                kind=trace.SpanKind.PRODUCER,
-                attributes={"taskflow.task_id": str(t.task_id), "taskflow.attempt": t.attempts},
-            ):
+            try:
+                results = await self.bus.publish_batch(items)
+            except BaseException:
+                for span in spans:
+                    span.end()
+                raise
+            done = []
+            for t, r, span in zip(dead, results, spans, strict=True):
+                if isinstance(r, api.PubAck):
+                    done.append((t, span))
+                else:
+                    span.set_status(trace.StatusCode.ERROR, repr(r))
+                    span.end()
+            await outbox.mark_dead_published(conn, [t.task_id for t, _ in done])
+        self.metrics.publish_errors.inc(len(dead) - len(done))
+        for t, span in done:
+            self.metrics.dead_letter_published(t.type, t.priority)
+            with trace.use_span(span, end_on_exit=True):
                 log.warning(
                     "task_dead_lettered",
                     task_id=str(t.task_id),
@@ -345,6 +384,7 @@ class Dispatcher:
             self.listener_loop,
             self.reaper_loop,
             self.stream_loop,
+            self.sampler.run,
         ]
         async with asyncio.TaskGroup() as group:
             for loop in loops:
@@ -358,10 +398,14 @@ async def serve(settings: DispatcherSettings, stop: asyncio.Event) -> None:
             open_pool(settings, min_size=1, max_size=4) as db,
             connect(settings, "taskflow-dispatcher", stop=stop) as bus,
         ):
-            dispatcher = Dispatcher(settings, db, bus)
-            await dispatcher.start(stop)
-            ready(stream=bus.names.stream)
-            await dispatcher.run(stop)
+            registry = new_registry()
+            dispatcher = Dispatcher(settings, db, bus, registry)
+            with serve_metrics(
+                registry, settings.metrics_host, settings.metrics_port, "DISPATCHER_METRICS_PORT"
+            ) as metrics_server:
+                await dispatcher.start(stop)
+                ready(stream=bus.names.stream, metrics_port=metrics_server.port)
+                await dispatcher.run(stop)
     except UnavailableError:
         if not stop.is_set():
             raise

@@ -30,6 +30,7 @@ import asyncpg
 import orjson
 from nats.aio.msg import Msg
 from opentelemetry import trace
+from prometheus_client import CollectorRegistry
 
 from taskflow_common import tracing
 from taskflow_common.backoff import backoff_delay
@@ -41,6 +42,8 @@ from taskflow_common.errors import ConfigError, MalformedMessage, UnavailableErr
 from taskflow_common.lifecycle import ready, wait_any
 from taskflow_common.logs import bound, get_logger
 from taskflow_common.messages import MAX_RAW_BYTES, CancelRequest, DeadLetter, TaskMessage
+from taskflow_common.metrics import WorkerMetrics, new_registry
+from taskflow_common.metrics import serve as serve_metrics
 from taskflow_common.store import attempts
 from taskflow_common.subjects import HEADER_MSG_ID, PRIORITIES, Priority
 from taskflow_worker.fetcher import Fetcher
@@ -84,10 +87,19 @@ class Outcome:
 class Worker:
     """One worker process: ``WORKER_CONCURRENCY`` slots over the priority consumers."""
 
-    def __init__(self, settings: WorkerSettings, db: Database, bus: Bus) -> None:
+    def __init__(
+        self,
+        settings: WorkerSettings,
+        db: Database,
+        bus: Bus,
+        registry: CollectorRegistry | None = None,
+    ) -> None:
         self.settings = settings
         self.db = db
         self.bus = bus
+        self.metrics = WorkerMetrics(
+            registry or new_registry(), settings.concurrency, lambda: self.inflight
+        )
         self.tracer = trace.get_tracer("taskflow.worker")
         self.inflight = 0
         self.handling: set[asyncio.Task[None]] = set()
@@ -170,6 +182,7 @@ class Worker:
                 delay = min(delay * 2, 2.0)
                 continue
             delay = 0.1
+            self.metrics.fetch_round([p for p, _ in batch])
             if not batch:
                 await wait_any(stop, self.doorbell, self.settings.poll_timeout)
                 continue
@@ -306,7 +319,11 @@ class Worker:
                 ) as span,
             ):
                 log.debug("attempt_started", priority=claim.priority)
+                self.metrics.attempt_started(claim.type, claim.priority, claim.queue_wait_s)
                 outcome = await self._execute(running)
+                self.metrics.attempt_finished(
+                    claim.type, outcome.kind, time.monotonic() - running.started
+                )
                 span.set_attribute("taskflow.outcome", outcome.kind)
                 if outcome.kind == "failed":
                     span.set_status(trace.StatusCode.ERROR, outcome.error[:200])
@@ -403,7 +420,10 @@ class Worker:
                             ok = await attempts.succeed(
                                 conn, claim.task_id, claim.attempt, outcome.result_json
                             )
-                        except (asyncpg.DataError, asyncpg.exceptions.ProgramLimitExceededError) as e:
+                        except (
+                            asyncpg.DataError,
+                            asyncpg.exceptions.ProgramLimitExceededError,
+                        ) as e:
                             outcome = Outcome(
                                 "failed",
                                 error=f"result cannot be stored: {e.__class__.__name__}: {e}",
@@ -412,6 +432,7 @@ class Worker:
                             )
                             continue
                         if ok:
+                            self.metrics.task_completed(claim.type, claim.priority)
                             log.debug("attempt_succeeded")
                         else:
                             log.warning("attempt_fenced", outcome="succeeded")
@@ -428,6 +449,8 @@ class Worker:
                             claim.failed_attempts + 1, s.worker_backoff_base, s.worker_backoff_max
                         ),
                     )
+                    if failure is not None:
+                        self.metrics.attempt_failed(claim.type, claim.priority, failure.status)
                     log.warning(
                         "attempt_failed",
                         error=outcome.error,
@@ -454,18 +477,24 @@ class Worker:
         message is never dropped unrecorded.
         """
         meta = msg.metadata
-        letter = DeadLetter(reason=f"malformed message: {reason}", subject=msg.subject,
-                            raw=msg.data[:MAX_RAW_BYTES])
+        letter = DeadLetter(
+            reason=f"malformed message: {reason}", subject=msg.subject, raw=msg.data[:MAX_RAW_BYTES]
+        )
         msg_id = f"dlq:malformed:{meta.stream}:{meta.sequence.stream}"
         try:
-            await self.bus.publish(self.bus.names.dlq_subject, letter.encode(),
-                                   {HEADER_MSG_ID: msg_id})
+            await self.bus.publish(
+                self.bus.names.dlq_subject, letter.encode(), {HEADER_MSG_ID: msg_id}
+            )
         except UnavailableError as exc:
             log.warning("dead_letter_unavailable", error=str(exc))
             await _settle(msg.nak(delay=self._redelivery_delay(msg)))
             return
-        log.warning("message_dead_lettered", reason=reason, subject=msg.subject,
-                    stream_seq=meta.sequence.stream)
+        log.warning(
+            "message_dead_lettered",
+            reason=reason,
+            subject=msg.subject,
+            stream_seq=meta.sequence.stream,
+        )
         await _settle(msg.term())
 
     # -- heartbeat ------------------------------------------------------------------------
@@ -559,10 +588,19 @@ async def serve(settings: WorkerSettings, stop: asyncio.Event) -> None:
             open_pool(settings, min_size=1, max_size=pool_size) as db,
             connect(settings, f"taskflow-worker {settings.worker_id}", stop=stop) as bus,
         ):
-            worker = Worker(settings, db, bus)
-            await worker.open(stop)
-            ready(worker_id=settings.worker_id, handlers=types, concurrency=settings.concurrency)
-            await worker.run(stop)
+            registry = new_registry()
+            worker = Worker(settings, db, bus, registry)
+            with serve_metrics(
+                registry, settings.metrics_host, settings.metrics_port, "WORKER_METRICS_PORT"
+            ) as metrics_server:
+                await worker.open(stop)
+                ready(
+                    worker_id=settings.worker_id,
+                    handlers=types,
+                    concurrency=settings.concurrency,
+                    metrics_port=metrics_server.port,
+                )
+                await worker.run(stop)
     except UnavailableError:
         if not stop.is_set():
             raise

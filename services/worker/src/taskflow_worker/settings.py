@@ -17,7 +17,12 @@ def _default_worker_id() -> str:
 
 
 class WorkerSettings(CommonSettings):
-    """``WORKER_*`` variables. Durations in seconds once parsed."""
+    """``WORKER_*`` variables. Durations in seconds once parsed.
+
+    ``WORKER_METRICS_PORT`` (default 9101; 0 picks a free port, logged in
+    ``service_ready``) and ``WORKER_METRICS_HOST`` (default 127.0.0.1) say where
+    ``GET /metrics`` is served.
+    """
 
     concurrency: int = Field(10, alias="WORKER_CONCURRENCY", ge=1, le=10_000)
     poll_timeout: Duration = Field(1.0, alias="WORKER_POLL_TIMEOUT", gt=0)
@@ -26,7 +31,8 @@ class WorkerSettings(CommonSettings):
     handlers: str = Field("taskflow_worker.builtin", alias="WORKER_HANDLERS", min_length=1)
     worker_id: str = Field(default_factory=_default_worker_id, alias="WORKER_ID", min_length=1)
     priority_max_wait: str = Field(DEFAULT_MAX_WAIT, alias="WORKER_PRIORITY_MAX_WAIT")
-    metrics_port: int = Field(0, alias="WORKER_METRICS_PORT", ge=0, le=65535)
+    metrics_port: int = Field(9101, alias="WORKER_METRICS_PORT", ge=0, le=65535)
+    metrics_host: str = Field("127.0.0.1", alias="WORKER_METRICS_HOST", min_length=1)
 
     @field_validator("priority_max_wait")
     @classmethod

@@ -76,6 +76,18 @@ async def next_due_in(conn: asyncpg.Connection) -> float | None:
     )
 
 
+async def dispatch_lag(conn: asyncpg.Connection) -> float:
+    """Seconds the oldest due-but-unpublished task has been due (0.0 when none is).
+
+    One lookup on the partial index ``tasks_dispatch_due``; database clock.
+    """
+    lag = await conn.fetchval(
+        "SELECT extract(epoch FROM now() - min(run_at))::float8 FROM tasks"
+        " WHERE dispatch_pending AND run_at <= now()"
+    )
+    return max(0.0, lag or 0.0)
+
+
 _DEAD = """
 SELECT id, type, priority, attempts, last_error, finished_at, trace_parent
   FROM tasks

@@ -1,0 +1,81 @@
+"""Sample the gauges that need a query: dispatcher lag and the task consumers' state.
+
+Every ``DISPATCHER_METRICS_INTERVAL`` (default 5 s) the dispatcher reads, off the task
+path:
+
+- the age of the oldest due-but-unpublished task (``taskflow_dispatcher_lag_seconds``,
+  one index lookup on ``tasks_dispatch_due``);
+- ``consumer_info`` of each priority's durable consumer: ``num_pending`` (not yet
+  delivered), ``num_ack_pending`` (delivered, not acked), ``num_redelivered`` and the
+  configured ``max_ack_pending`` (``taskflow_consumer_*{priority}``).
+
+With several dispatchers running, each reports the same values; dashboards take ``max``.
+A round that fails (Postgres or NATS away) keeps the previous values and counts
+``taskflow_dispatcher_samples_total{result="error"}``; the lag then goes stale rather
+than to zero, and the alert on it keeps firing while Postgres is away.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import nats.js.errors
+
+from taskflow_common.bus import TRANSIENT_ERRORS as NATS_ERRORS
+from taskflow_common.bus import Bus
+from taskflow_common.db import TRANSIENT_ERRORS as PG_ERRORS
+from taskflow_common.db import Database
+from taskflow_common.errors import UnavailableError
+from taskflow_common.lifecycle import wait_any
+from taskflow_common.logs import get_logger
+from taskflow_common.metrics import DispatcherMetrics
+from taskflow_common.store import outbox
+from taskflow_common.subjects import PRIORITIES
+
+log = get_logger(__name__)
+
+_FAULTS = (UnavailableError, nats.js.errors.NotFoundError, *PG_ERRORS, *NATS_ERRORS)
+
+
+class Sampler:
+    """Refresh the sampled gauges of ``metrics`` every ``interval_s`` seconds."""
+
+    def __init__(
+        self, db: Database, bus: Bus, metrics: DispatcherMetrics, interval_s: float
+    ) -> None:
+        self.db = db
+        self.bus = bus
+        self.metrics = metrics
+        self.interval_s = interval_s
+        self._failing = False
+
+    async def sample_once(self) -> None:
+        """Read the lag and the three consumers once; raise on Postgres/NATS faults."""
+        async with self.db.acquire() as conn:
+            lag = await outbox.dispatch_lag(conn)
+        self.metrics.lag.set(lag)
+        names = self.bus.names
+        for priority in PRIORITIES:
+            info = await self.bus.js.consumer_info(names.stream, names.consumer(priority))
+            self.metrics.consumer_state(
+                priority,
+                pending=info.num_pending or 0,
+                ack_pending=info.num_ack_pending or 0,
+                max_ack_pending=info.config.max_ack_pending or 0,
+                redelivered=info.num_redelivered or 0,
+            )
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Sample until ``stop``; a failed round is logged once per outage, then retried."""
+        while not stop.is_set():
+            try:
+                await self.sample_once()
+            except _FAULTS as exc:
+                self.metrics.samples.labels("error").inc()
+                if not self._failing:
+                    log.warning("metrics_sample_failed", error=repr(exc))
+                self._failing = True
+            else:
+                self.metrics.samples.labels("ok").inc()
+                self._failing = False
+            await wait_any(stop, None, self.interval_s)
