@@ -24,7 +24,7 @@ from taskflow_common import bus as nats_bus
 from taskflow_common import http
 from taskflow_common.db import open_pool
 from taskflow_common.errors import TaskFlowError, UnavailableError
-from taskflow_common.http import ASGIApp, RequestContext, RouteName
+from taskflow_common.http import ASGIApp, MetricsResource, RequestContext, RequestMetrics, RouteName
 from taskflow_common.lifecycle import ready
 from taskflow_common.logs import get_logger
 from taskflow_ingest_api.resources import Deps, add_routes
@@ -86,7 +86,7 @@ def create_app(settings: ApiSettings, deps: Deps | None = None) -> ASGIApp:
     spans and the declared-size limit cover every response.
     """
     deps = deps or Deps()
-    middleware: list[object] = [RouteName(), Lifespan(settings, deps)]
+    middleware: list[object] = [RouteName(), RequestMetrics(deps.metrics), Lifespan(settings, deps)]
     app = falcon.asgi.App(middleware=middleware)  # type: ignore[arg-type]
     json_handler = falcon.media.JSONHandler(dumps=orjson.dumps, loads=orjson.loads)
     app.req_options.media_handlers[falcon.MEDIA_JSON] = json_handler
@@ -94,6 +94,7 @@ def create_app(settings: ApiSettings, deps: Deps | None = None) -> ASGIApp:
     app.req_options.strip_url_path_trailing_slash = True
     http.install(app)
     add_routes(app, settings, deps)
+    app.add_route("/metrics", MetricsResource(deps.metrics.registry))
     return RequestContext(app, deps.tracer, settings.max_body_bytes)
 
 

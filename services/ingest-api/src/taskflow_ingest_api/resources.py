@@ -30,6 +30,7 @@ from taskflow_common.db import Database
 from taskflow_common.errors import UnavailableError
 from taskflow_common.http import parse_uuid, read_body
 from taskflow_common.logs import get_logger
+from taskflow_common.metrics import ApiMetrics, new_registry
 from taskflow_common.store import tasks as store
 from taskflow_common.store.rows import execution_json, task_json
 from taskflow_ingest_api.settings import ApiSettings
@@ -61,6 +62,8 @@ class Deps:
         self.tracer = tracer or trace.get_tracer("taskflow_ingest_api")
         self.db = db
         self.bus = bus
+        # One registry per app (tests build several apps in one process).
+        self.metrics = ApiMetrics(new_registry())
 
     def database(self) -> Database:
         """Return the open pool; raise :class:`UnavailableError` before start-up."""
@@ -103,6 +106,7 @@ class TasksResource:
         resp.media = {"task": task_json(row)}
         if created:
             resp.status = falcon.HTTP_201
+            self._deps.metrics.task_submitted(spec.type, spec.priority)
             log.info("task_submitted", task_id=task_id, type=spec.type, priority=spec.priority)
         else:
             resp.set_header("Idempotent-Replayed", "true")
