@@ -1,0 +1,38 @@
+"""TaskFlow's Python client: typed REST clients, transactional enqueue and the CLI.
+
+- :class:`AsyncClient` / :class:`Client`: the ingest API and dlq-monitor over HTTP
+  (:mod:`taskflow_client.client`); results are :class:`Task`, :class:`Execution`,
+  :class:`DeadLetter`; errors derive from :class:`TaskFlowAPIError`.
+- ``taskflow_client.enqueue.enqueue(conn, ...)``: create a task inside your own asyncpg
+  transaction (needs the ``enqueue`` extra; not imported here).
+- ``taskflow``: the command line (:mod:`taskflow_client.cli`).
+"""
+
+from __future__ import annotations
+
+from taskflow_client.client import AsyncClient, Client
+from taskflow_client.errors import (
+    Conflict,
+    FieldError,
+    NotFound,
+    TaskFlowAPIError,
+    Unavailable,
+    ValidationFailed,
+)
+from taskflow_client.models import TERMINAL_STATUSES, DeadLetter, Execution, NewTask, Task
+
+__all__ = [
+    "TERMINAL_STATUSES",
+    "AsyncClient",
+    "Client",
+    "Conflict",
+    "DeadLetter",
+    "Execution",
+    "FieldError",
+    "NewTask",
+    "NotFound",
+    "Task",
+    "TaskFlowAPIError",
+    "Unavailable",
+    "ValidationFailed",
+]

@@ -1,0 +1,426 @@
+"""Typed clients for the TaskFlow REST APIs: :class:`AsyncClient` and :class:`Client`.
+
+Both talk to the ingest API (tasks) and the dlq-monitor (dead letters) and have the same
+methods; :class:`Client` is the blocking twin built on ``httpx.Client`` (no threads, no
+event loop). Use them as context managers so the connection pool is closed::
+
+    async with AsyncClient("http://127.0.0.1:8080") as tf:
+        task = await tf.submit("demo", {"x": 1})
+        done = await tf.wait(task.id, timeout_s=30)
+
+    with Client() as tf:
+        for task in tf.list(status="failed", limit=100):
+            tf.retry(task.id)
+
+Errors are :class:`~taskflow_client.errors.TaskFlowAPIError` subclasses carrying the
+problem ``code`` (see :mod:`taskflow_client.errors`); a refused connection or timeout is
+:class:`~taskflow_client.errors.Unavailable`. No call is retried by the client.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import builtins
+import datetime as dt
+import time
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping
+from types import TracebackType
+from typing import Any, Self, TypeVar
+
+import httpx
+
+from taskflow_client import calls, errors
+from taskflow_client.calls import Call, Page, TaskId
+from taskflow_client.models import DeadLetter, Execution, NewTask, Priority, Task
+
+T = TypeVar("T")
+
+DEFAULT_API_URL = "http://127.0.0.1:8080"
+DEFAULT_DLQ_URL = "http://127.0.0.1:8081"
+DEFAULT_TIMEOUT_S = 10.0
+DEFAULT_WAIT_S = 60.0
+
+
+class _Base:
+    """URLs and timeouts shared by both clients."""
+
+    def __init__(self, api_url: str, dlq_url: str, timeout: float) -> None:
+        if timeout <= 0:
+            raise ValueError(f"timeout must be > 0 seconds, not {timeout}")
+        self.api_url = calls.base_url(api_url)
+        self.dlq_url = calls.base_url(dlq_url)
+        self.timeout = timeout
+
+    def _url(self, call: Call[Any]) -> str:
+        return (self.api_url if call.service == "api" else self.dlq_url) + call.path
+
+    def _timeout(self, call: Call[Any]) -> httpx.Timeout:
+        return httpx.Timeout(self.timeout, read=self.timeout + call.extra_timeout_s)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(api_url={self.api_url!r}, dlq_url={self.dlq_url!r})"
+
+
+class AsyncClient(_Base):
+    """Asynchronous client (``httpx.AsyncClient``) for the ingest API and dlq-monitor.
+
+    ``api_url``/``dlq_url``: base URLs, with or without the ``/api/v1`` suffix.
+    ``timeout``: seconds allowed to connect and for each answer (long polls get their
+    wait on top). Not safe to share across event loops.
+    """
+
+    def __init__(
+        self,
+        api_url: str = DEFAULT_API_URL,
+        dlq_url: str = DEFAULT_DLQ_URL,
+        *,
+        timeout: float = DEFAULT_TIMEOUT_S,
+    ) -> None:
+        super().__init__(api_url, dlq_url, timeout)
+        self._http = httpx.AsyncClient(timeout=timeout, headers={"Accept": "application/json"})
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """Close the connection pool."""
+        await self._http.aclose()
+
+    async def _send(self, call: Call[T]) -> T:
+        url = self._url(call)
+        try:
+            resp = await self._http.request(
+                call.method,
+                url,
+                params=list(call.params),
+                json=call.json,
+                headers=call.headers,
+                timeout=self._timeout(call),
+            )
+        except httpx.TransportError as exc:
+            raise errors.from_transport(exc, url) from exc
+        return calls.finish(call, resp)
+
+    async def _pages(
+        self, make: Callable[[int, str | None], Call[Page[T]]], page_size: int, limit: int | None
+    ) -> AsyncIterator[T]:
+        page_size, left = calls.page_sizes(limit, page_size)
+        cursor: str | None = None
+        while left is None or left > 0:
+            page = await self._send(
+                make(page_size if left is None else min(page_size, left), cursor)
+            )
+            for item in page.items:
+                yield item
+            if left is not None:
+                left -= len(page.items)
+            if page.next_cursor is None or not page.items:
+                return
+            cursor = page.next_cursor
+
+    async def submit(
+        self,
+        type: str,
+        payload: Any = None,
+        *,
+        priority: Priority = "normal",
+        max_attempts: int | None = None,
+        run_at: dt.datetime | None = None,
+        delay_ms: int | None = None,
+        timeout_s: float | None = None,
+        tags: Mapping[str, str] | None = None,
+        idempotency_key: str | None = None,
+    ) -> Task:
+        """Create a task and return it (``queued``).
+
+        ``payload``: any JSON value (None: the server's default ``{}``). ``max_attempts``
+        None: the server's default. ``run_at`` (aware) or ``delay_ms`` delays the first
+        run; ``timeout_s`` bounds each attempt (seconds); ``tags``: string map. With
+        ``idempotency_key``, resubmitting the same request returns the task created
+        the first time; the same key with a different request is 409
+        ``idempotency_key_reused``. Raises ValidationFailed (422 naming the field),
+        Conflict, Unavailable.
+        """
+        new = NewTask(
+            type,
+            payload,
+            priority,
+            max_attempts,
+            run_at,
+            delay_ms,
+            timeout_s,
+            tags,
+            idempotency_key,
+        )
+        return await self._send(calls.submit(new))
+
+    async def submit_batch(self, tasks: Iterable[NewTask]) -> builtins.list[Task]:
+        """Create up to 1,000 tasks in one request and one transaction; return them in order.
+
+        Each item may carry its own ``idempotency_key`` (a replayed item returns the
+        existing task). One invalid item rejects the whole batch: ValidationFailed whose
+        ``errors`` name ``tasks[i].field``; nothing is created.
+        """
+        return await self._send(calls.submit_batch(tasks))
+
+    async def get(self, task_id: TaskId) -> Task:
+        """Return the task now. Raises NotFound (404), ValidationFailed for a non-UUID id."""
+        return await self._send(calls.get(task_id))
+
+    async def wait(self, task_id: TaskId, timeout_s: float = DEFAULT_WAIT_S) -> Task:
+        """Return the task once it is terminal, or its current state after ``timeout_s``.
+
+        Long-polls ``GET /tasks/{id}?wait=Ns`` (N <= 60 s) until the task is
+        ``completed``/``failed``/``cancelled`` or ``timeout_s`` seconds have passed;
+        check :attr:`Task.terminal` on the result. Raises NotFound, Unavailable.
+        """
+        deadline = time.monotonic() + timeout_s
+        while True:
+            step = calls.wait_step(deadline - time.monotonic())
+            asked = time.monotonic()
+            task = await self._send(calls.get(task_id, wait_s=step))
+            if task.terminal or step is None:
+                return task
+            early = step - (time.monotonic() - asked)
+            if early > 0.1:
+                # Answered well before its wait ended without a terminal state: an API
+                # without long polling. Poll at a bounded rate rather than spin.
+                await asyncio.sleep(min(calls.POLL_FLOOR_S, max(0.0, deadline - time.monotonic())))
+
+    async def list(
+        self,
+        *,
+        status: str | None = None,
+        type: str | None = None,
+        priority: str | None = None,
+        tags: Mapping[str, str] | None = None,
+        page_size: int = 50,
+        limit: int | None = None,
+    ) -> AsyncIterator[Task]:
+        """Iterate over tasks newest first, fetching pages of ``page_size`` (1..200).
+
+        Filters are equalities; each tag is sent as ``tag=k:v``. Stops after ``limit``
+        tasks (None: all). Pages are keyset-based, so tasks created while iterating do
+        not shift it. Raises ValidationFailed for a bad filter, Unavailable.
+        """
+
+        def make(size: int, cursor: str | None) -> Call[Page[Task]]:
+            return calls.list_tasks(
+                status=status, type=type, priority=priority, tags=tags, limit=size, cursor=cursor
+            )
+
+        async for task in self._pages(make, page_size, limit):
+            yield task
+
+    async def executions(self, task_id: TaskId) -> builtins.list[Execution]:
+        """Return the task's attempts ordered by attempt number (``[]`` before the first)."""
+        return await self._send(calls.executions(task_id))
+
+    async def cancel(self, task_id: TaskId) -> Task:
+        """Cancel a task; return it. Raises Conflict ``invalid_state`` once terminal."""
+        return await self._send(calls.cancel(task_id))
+
+    async def retry(self, task_id: TaskId) -> Task:
+        """Queue a failed or cancelled task again with a fresh attempt budget; return it.
+
+        Raises Conflict ``invalid_state`` for a task in any other state.
+        """
+        return await self._send(calls.retry(task_id))
+
+    async def dead_letters(
+        self,
+        *,
+        status: str | None = None,
+        type: str | None = None,
+        q: str | None = None,
+        page_size: int = 50,
+        limit: int | None = None,
+    ) -> AsyncIterator[DeadLetter]:
+        """Iterate over dead letters newest first (dlq-monitor), page by page.
+
+        ``status``: ``open``/``replayed``/``discarded``; ``q``: substring of the error
+        or reason; ``limit``: stop after that many (None: all).
+        """
+
+        def make(size: int, cursor: str | None) -> Call[Page[DeadLetter]]:
+            return calls.dead_letters(status=status, type=type, q=q, limit=size, cursor=cursor)
+
+        async for letter in self._pages(make, page_size, limit):
+            yield letter
+
+    async def replay(self, task_id: TaskId) -> Task:
+        """Replay a dead-lettered task (dlq-monitor): ``queued`` again; return it.
+
+        Raises NotFound, Conflict ``invalid_state`` unless the task is failed/cancelled.
+        """
+        return await self._send(calls.replay(task_id))
+
+
+class Client(_Base):
+    """Blocking client (``httpx.Client``) with the same methods as :class:`AsyncClient`.
+
+    ``list`` and ``dead_letters`` return plain iterators. Safe to use from one thread
+    at a time per instance.
+    """
+
+    def __init__(
+        self,
+        api_url: str = DEFAULT_API_URL,
+        dlq_url: str = DEFAULT_DLQ_URL,
+        *,
+        timeout: float = DEFAULT_TIMEOUT_S,
+    ) -> None:
+        super().__init__(api_url, dlq_url, timeout)
+        self._http = httpx.Client(timeout=timeout, headers={"Accept": "application/json"})
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Close the connection pool."""
+        self._http.close()
+
+    def _send(self, call: Call[T]) -> T:
+        url = self._url(call)
+        try:
+            resp = self._http.request(
+                call.method,
+                url,
+                params=list(call.params),
+                json=call.json,
+                headers=call.headers,
+                timeout=self._timeout(call),
+            )
+        except httpx.TransportError as exc:
+            raise errors.from_transport(exc, url) from exc
+        return calls.finish(call, resp)
+
+    def _pages(
+        self, make: Callable[[int, str | None], Call[Page[T]]], page_size: int, limit: int | None
+    ) -> Iterator[T]:
+        page_size, left = calls.page_sizes(limit, page_size)
+        cursor: str | None = None
+        while left is None or left > 0:
+            page = self._send(make(page_size if left is None else min(page_size, left), cursor))
+            yield from page.items
+            if left is not None:
+                left -= len(page.items)
+            if page.next_cursor is None or not page.items:
+                return
+            cursor = page.next_cursor
+
+    def submit(
+        self,
+        type: str,
+        payload: Any = None,
+        *,
+        priority: Priority = "normal",
+        max_attempts: int | None = None,
+        run_at: dt.datetime | None = None,
+        delay_ms: int | None = None,
+        timeout_s: float | None = None,
+        tags: Mapping[str, str] | None = None,
+        idempotency_key: str | None = None,
+    ) -> Task:
+        """Create a task and return it; see :meth:`AsyncClient.submit`."""
+        new = NewTask(
+            type,
+            payload,
+            priority,
+            max_attempts,
+            run_at,
+            delay_ms,
+            timeout_s,
+            tags,
+            idempotency_key,
+        )
+        return self._send(calls.submit(new))
+
+    def submit_batch(self, tasks: Iterable[NewTask]) -> builtins.list[Task]:
+        """Create many tasks in one request; see :meth:`AsyncClient.submit_batch`."""
+        return self._send(calls.submit_batch(tasks))
+
+    def get(self, task_id: TaskId) -> Task:
+        """Return the task now; see :meth:`AsyncClient.get`."""
+        return self._send(calls.get(task_id))
+
+    def wait(self, task_id: TaskId, timeout_s: float = DEFAULT_WAIT_S) -> Task:
+        """Return the task once terminal or after ``timeout_s``; see :meth:`AsyncClient.wait`."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            step = calls.wait_step(deadline - time.monotonic())
+            asked = time.monotonic()
+            task = self._send(calls.get(task_id, wait_s=step))
+            if task.terminal or step is None:
+                return task
+            early = step - (time.monotonic() - asked)
+            if early > 0.1:
+                # See AsyncClient.wait: an API without long polling; bound the rate.
+                time.sleep(min(calls.POLL_FLOOR_S, max(0.0, deadline - time.monotonic())))
+
+    def list(
+        self,
+        *,
+        status: str | None = None,
+        type: str | None = None,
+        priority: str | None = None,
+        tags: Mapping[str, str] | None = None,
+        page_size: int = 50,
+        limit: int | None = None,
+    ) -> Iterator[Task]:
+        """Iterate over tasks newest first, page by page; see :meth:`AsyncClient.list`."""
+
+        def make(size: int, cursor: str | None) -> Call[Page[Task]]:
+            return calls.list_tasks(
+                status=status, type=type, priority=priority, tags=tags, limit=size, cursor=cursor
+            )
+
+        return self._pages(make, page_size, limit)
+
+    def executions(self, task_id: TaskId) -> builtins.list[Execution]:
+        """Return the task's attempts by attempt number; see :meth:`AsyncClient.executions`."""
+        return self._send(calls.executions(task_id))
+
+    def cancel(self, task_id: TaskId) -> Task:
+        """Cancel a task; see :meth:`AsyncClient.cancel`."""
+        return self._send(calls.cancel(task_id))
+
+    def retry(self, task_id: TaskId) -> Task:
+        """Queue a failed or cancelled task again; see :meth:`AsyncClient.retry`."""
+        return self._send(calls.retry(task_id))
+
+    def dead_letters(
+        self,
+        *,
+        status: str | None = None,
+        type: str | None = None,
+        q: str | None = None,
+        page_size: int = 50,
+        limit: int | None = None,
+    ) -> Iterator[DeadLetter]:
+        """Iterate over dead letters newest first; see :meth:`AsyncClient.dead_letters`."""
+
+        def make(size: int, cursor: str | None) -> Call[Page[DeadLetter]]:
+            return calls.dead_letters(status=status, type=type, q=q, limit=size, cursor=cursor)
+
+        return self._pages(make, page_size, limit)
+
+    def replay(self, task_id: TaskId) -> Task:
+        """Replay a dead-lettered task; see :meth:`AsyncClient.replay`."""
+        return self._send(calls.replay(task_id))
