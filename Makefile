@@ -37,6 +37,7 @@ $(STAMP): $(BIN)/python constraints.txt libs/taskflow_common/pyproject.toml $(SE
 	$(if $(MISSING_SERVICES),@echo "warning: no pyproject.toml yet for: $(MISSING_SERVICES); not installed" >&2)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -c constraints.txt \
 	  -e 'libs/taskflow_common[devstack]' \
+	  -e libs/taskflow_client \
 	  $(SERVICE_PROJECTS:%/pyproject.toml=-e %) \
 	  $(TEST_TOOLS)
 	@touch $@
