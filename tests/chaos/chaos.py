@@ -6,14 +6,15 @@ five services as processes, then for ``CHAOS_SECONDS`` (default 180):
 
 - submits tasks over REST at ``CHAOS_RATE`` per second (default 12; the issue's 5,000
   tasks in 180 s is ~28/s, more than 2 cores sustain while every service, both servers
-  and the injector share them) during the first 70 % of the run: fast (``demo``), slow
+  and the injector share them) during the first 85 % of the run: fast (``demo``), slow
   (``test.sleep`` 1-4 s, some longer than ``ack_wait``), flaky (fail once or twice, then
   succeed) and permanently failing (retries exhausted, or a ``PermanentError``); each
   submission carries an ``Idempotency-Key`` and is retried through outages;
-- injects a fault every 2-6 s during the first 80 %: SIGKILL or SIGTERM of a worker
+- injects a fault every 2-6 s until the end: SIGKILL or SIGTERM of a worker
   (replaced), SIGSTOP of a worker for longer than ``ack_wait`` (a frozen worker whose
   lease expires), SIGKILL of the dispatcher (restarted), NATS killed or stopped and
-  restarted, Postgres crashed (``immediate``) or stopped (``fast``) and restarted;
+  restarted, Postgres crashed (``immediate``) or stopped (``fast``) and restarted, and
+  less often NATS or Postgres frozen (SIGSTOP) for up to 2.5 s;
 - heals everything, then checks I1-I6 with :func:`tests.support.invariants.check_invariants`
   (a :class:`~tests.support.invariants.VersionWatcher` samples I6 throughout).
 
@@ -56,10 +57,8 @@ REPO = Path(__file__).resolve().parents[2]
 
 ACK_WAIT_S = 3.0
 WORKERS = 3
-LOAD_SHARE = 0.7
-"""Tasks are submitted during this share of the run."""
-FAULT_SHARE = 0.8
-"""Faults are injected during this share of the run."""
+LOAD_SHARE = 0.85
+"""Tasks are submitted during this share of the run; faults go on until its end."""
 DRAIN_S = 120.0
 """After the run, how long every task has to become terminal (I1's deadline)."""
 
@@ -223,6 +222,24 @@ class Injector:
         await asyncio.sleep(down)  # downtime of the fault
         await asyncio.to_thread(self.pg.start)
 
+    async def freeze_postgres(self) -> None:
+        frozen = self.rng.uniform(0.5, 2.5)
+        say(f"Postgres SIGSTOP for {frozen:.1f}s")
+        await asyncio.to_thread(self.pg.pause)
+        try:
+            await asyncio.sleep(frozen)  # the fault's duration
+        finally:
+            await asyncio.to_thread(self.pg.resume)
+
+    async def freeze_nats(self) -> None:
+        frozen = self.rng.uniform(0.5, 2.5)
+        say(f"NATS SIGSTOP for {frozen:.1f}s")
+        self.nats.pause()
+        try:
+            await asyncio.sleep(frozen)  # the fault's duration
+        finally:
+            self.nats.resume()
+
     async def run(self, until: float) -> None:
         """Inject faults every 2-6 s until the monotonic time ``until``."""
         faults = {
@@ -232,6 +249,8 @@ class Injector:
             self.kill_dispatcher: 2,
             self.restart_nats: 2,
             self.restart_postgres: 2,
+            self.freeze_postgres: 1,
+            self.freeze_nats: 1,
         }
         while True:
             await asyncio.sleep(self.rng.uniform(2.0, 6.0))  # time between faults
@@ -299,7 +318,7 @@ async def chaos(seconds: float, rate: float, seed: int, base: Path) -> int:
         injector = Injector(stack, nats, pg, rng)
         start = time.monotonic()
         load_until = start + seconds * LOAD_SHARE
-        faults_until = start + seconds * FAULT_SHARE
+        faults_until = start + seconds
         async with VersionWatcher(
             db_url, interval_s=0.5, max_duration_s=seconds + DRAIN_S * 2
         ) as w:

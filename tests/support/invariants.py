@@ -137,6 +137,7 @@ class _Snapshot:
     executions: dict[str, list[asyncpg.Record]]
     dead_letters: dict[str, list[asyncpg.Record]]
     listed_open: dict[str, int] | None  # task id -> open dead letters the dlq API lists
+    listed_error: str | None
     consumers: dict[str, tuple[int, int]] | None  # name -> (pending, ack_pending)
     consumer_error: str | None
     live_workers: set[str]
@@ -223,9 +224,12 @@ async def _snapshot(stack: Stack, ids: list[uuid.UUID], *, dlq_api: bool, consum
     for d in letters:
         by_dl[str(d["task_id"])].append(d)
     listed: dict[str, int] | None = None
-    if dlq_api and stack.dlq is not None:
-        with contextlib.suppress(httpx.HTTPError):
+    listed_error: str | None = None
+    if dlq_api:
+        try:
             listed = await _listed_open_dead_letters(stack, {str(i) for i in ids})
+        except httpx.HTTPError as exc:
+            listed_error = f"{exc.__class__.__name__}: {exc}"
     states: dict[str, tuple[int, int]] | None = None
     error: str | None = None
     if consumers:
@@ -238,6 +242,7 @@ async def _snapshot(stack: Stack, ids: list[uuid.UUID], *, dlq_api: bool, consum
         executions=dict(by_exec),
         dead_letters=dict(by_dl),
         listed_open=listed,
+        listed_error=listed_error,
         consumers=states,
         consumer_error=error,
         live_workers=_live_workers(stack),
@@ -374,6 +379,8 @@ def _evaluate(
                 out.append(
                     Violation("I4", tid, f"{counted} counted failures > max {task['max_attempts']}")
                 )
+    if snap.listed_error is not None:
+        out.append(Violation("I4", None, f"dlq-monitor API unavailable: {snap.listed_error}"))
     # I5
     all_terminal = all(
         snap.tasks.get(t) is not None and snap.tasks[t]["status"] in TERMINAL for t in ids
@@ -486,6 +493,8 @@ class VersionWatcher:
     def final(self, final_rows: dict[str, asyncpg.Record], replayed: set[str]) -> list[Violation]:
         """The watcher's violations plus a last comparison with the final state."""
         out = list(self.violations)
+        if self.samples < 2:
+            out.append(Violation("I6", None, f"only {self.samples} samples taken"))
         for tid, old, new in self.left_terminal:
             if tid not in replayed and tid not in self.allowed:
                 out.append(Violation("I6", tid, f"terminal status {old} changed to {new}"))
@@ -529,7 +538,8 @@ async def check_invariants(
     consumers are drained, or until the deadline; then evaluates every invariant on
     one final snapshot. ``replayed`` names tasks replayed on purpose (I4's attempt
     accounting and I6's terminal rule do not apply to them). ``dlq_api=False`` skips
-    the dlq-monitor listing (a stack without it); ``consumers=False`` skips I5.
+    the dlq-monitor listing (a stack without one); ``consumers=False`` skips I5. An
+    API or server that cannot be read counts as a violation, never as a pass.
     A watcher passed in is stopped here.
     """
     ids = list(dict.fromkeys(str(t) for t in task_ids))
