@@ -16,6 +16,14 @@ Routes (JSON bodies; errors are problem+json, see :mod:`.problems`):
   cancelled -> 409 ``invalid_state``.
 - ``POST /api/v1/dlq/{id}/discard`` -> 200 ``{"items": [DeadLetter]}`` (now
   ``discarded``); already resolved -> 409 ``invalid_state``.
+- ``POST /api/v1/dlq/replay`` with ``{"type": str?, "q": str?, "dry_run": bool}`` ->
+  200 ``{"tasks": int, "dead_letters": int, "task_ids": [str], "remaining": int,
+  "dry_run": bool}``: replay every failed/cancelled task with an open dead letter
+  matching the filter (as the list filters it; at most 1000 per call, ``remaining``
+  says how many more match). ``dry_run`` only counts (the console shows the count
+  before the operator confirms).
+- ``GET /metrics``: Prometheus text format (:mod:`taskflow_common.metrics`).
+- ``GET /`` and ``GET /console``: the dead-letter console (:mod:`.console`).
 - ``GET /api/v1/health`` -> 200 ``{"status": "ok"|"degraded", "checks": {...}}``;
   ``GET /api/v1/ready`` -> the same body, 503 unless Postgres answers.
 
@@ -28,7 +36,7 @@ ingest API).
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import asyncpg
@@ -44,14 +52,18 @@ from taskflow_common.errors import UnavailableError
 from taskflow_common.http import (
     ASGIApp,
     FieldError,
+    MetricsResource,
     RequestContext,
+    RequestMetrics,
     RouteName,
     install,
     parse_uuid,
     validation_error,
 )
+from taskflow_common.metrics import DlqMetrics, new_registry
 from taskflow_common.store import deadletters
 from taskflow_common.store.rows import execution_json, task_json
+from taskflow_dlq_monitor import console
 from taskflow_dlq_monitor.consumer import DeadLetterConsumer
 
 log = logs.get_logger(__name__)
@@ -64,11 +76,12 @@ STALE_PULL_S = 10.0
 
 @dataclass(frozen=True, slots=True)
 class Deps:
-    """What the resources need: the pool, the NATS connection and the consumer loop."""
+    """What the resources need: the pool, the NATS connection, the consumer loop, metrics."""
 
     db: Database
     bus: Bus
     consumer: DeadLetterConsumer
+    metrics: DlqMetrics = field(default_factory=lambda: DlqMetrics(new_registry()))
 
 
 def send_json(resp: falcon.asgi.Response, body: Any, status: int = 200) -> None:
@@ -192,6 +205,7 @@ class Replay:
 
     def __init__(self, deps: Deps) -> None:
         self.db = deps.db
+        self.metrics = deps.metrics
 
     async def on_post(
         self, req: falcon.asgi.Request, resp: falcon.asgi.Response, task_id: str
@@ -200,6 +214,7 @@ class Replay:
         ident = parse_uuid(task_id, "task id")
         row = await self.db.run(lambda conn: deadletters.replay(conn, ident))
         replayed = int(row["dead_letters_replayed"])
+        self.metrics.replayed.inc()
         log.info(
             "task_replayed",
             task_id=str(ident),
@@ -215,6 +230,7 @@ class Discard:
 
     def __init__(self, deps: Deps) -> None:
         self.db = deps.db
+        self.metrics = deps.metrics
 
     async def on_post(
         self, req: falcon.asgi.Request, resp: falcon.asgi.Response, task_id: str
@@ -222,8 +238,77 @@ class Discard:
         """Mark the open dead letters of a task (or one dead letter) as discarded."""
         ident = parse_uuid(task_id, "task id")
         rows = await self.db.run(lambda conn: deadletters.discard(conn, ident))
+        self.metrics.discarded.inc(len(rows))
         log.info("dead_letters_discarded", id=str(ident), count=len(rows))
         send_json(resp, {"items": deadletters.dead_letters_json(rows)})
+
+
+class BulkReplay:
+    """``POST /api/v1/dlq/replay``: replay (or, with ``dry_run``, count) by filter."""
+
+    def __init__(self, deps: Deps) -> None:
+        self.db = deps.db
+        self.metrics = deps.metrics
+
+    async def on_post(self, req: falcon.asgi.Request, resp: falcon.asgi.Response) -> None:
+        """Body ``{"type"?, "q"?, "dry_run"?}``; 422 ``validation_error`` for bad fields."""
+        body = await req.get_media(default_when_empty={})
+        if not isinstance(body, dict):
+            raise validation_error([FieldError("body", "must be a JSON object")])
+        errors: list[FieldError] = []
+        texts: dict[str, str | None] = {}
+        for name in ("type", "q"):
+            value = body.get(name)
+            if value == "":
+                value = None
+            if value is not None and (not isinstance(value, str) or len(value) > MAX_FILTER_CHARS):
+                errors.append(FieldError(name, f"must be a string of at most {MAX_FILTER_CHARS}"))
+            texts[name] = value
+        dry_run = body.get("dry_run", False)
+        if not isinstance(dry_run, bool):
+            errors.append(FieldError("dry_run", "must be true or false"))
+        unknown = sorted(set(body) - {"type", "q", "dry_run"})
+        errors += [FieldError(k, "is not a known field") for k in unknown]
+        if errors:
+            raise validation_error(errors)
+        kind, text = texts["type"], texts["q"]
+        if dry_run:
+            tasks, letters = await self.db.run(
+                lambda conn: deadletters.count_matching(conn, type=kind, error_contains=text)
+            )
+            send_json(
+                resp,
+                {
+                    "tasks": tasks,
+                    "dead_letters": letters,
+                    "task_ids": [],
+                    "remaining": tasks,
+                    "dry_run": True,
+                },
+            )
+            return
+        done = await self.db.run(
+            lambda conn: deadletters.replay_matching(conn, type=kind, error_contains=text)
+        )
+        self.metrics.replayed.inc(done.tasks)
+        log.info(
+            "tasks_replayed",
+            type=kind,
+            q=text,
+            tasks=done.tasks,
+            dead_letters_replayed=done.dead_letters,
+            remaining=done.remaining,
+        )
+        send_json(
+            resp,
+            {
+                "tasks": done.tasks,
+                "dead_letters": done.dead_letters,
+                "task_ids": [str(t) for t in done.task_ids],
+                "remaining": done.remaining,
+                "dry_run": False,
+            },
+        )
 
 
 class Health:
@@ -271,13 +356,21 @@ def create_app(deps: Deps, tracer: trace.Tracer | None = None) -> ASGIApp:
     The Falcon app is wrapped in :class:`~taskflow_common.http.RequestContext`
     (request ids, a server span per request, request id in log lines).
     """
-    app = falcon.asgi.App(middleware=[RouteName()])
+    middleware: list[object] = [RouteName(), RequestMetrics(deps.metrics)]
+    app = falcon.asgi.App(middleware=middleware)  # type: ignore[arg-type]  # as the ingest API
     install(app)
     app.add_route("/api/v1/dlq", DeadLetterList(deps))
     app.add_route("/api/v1/dlq/stats", DeadLetterStats(deps))
+    app.add_route("/api/v1/dlq/replay", BulkReplay(deps))
     app.add_route("/api/v1/dlq/{task_id}", DeadLetterDetail(deps))
     app.add_route("/api/v1/dlq/{task_id}/replay", Replay(deps))
     app.add_route("/api/v1/dlq/{task_id}/discard", Discard(deps))
     app.add_route("/api/v1/health", Health(deps, strict=False))
     app.add_route("/api/v1/ready", Health(deps, strict=True))
+
+    async def refresh_open() -> None:
+        deps.metrics.open_by_type(await deps.db.run(deadletters.open_by_type))
+
+    app.add_route("/metrics", MetricsResource(deps.metrics.registry, refresh_open))
+    console.add_routes(app)
     return RequestContext(app, tracer or trace.get_tracer("taskflow_dlq_monitor"))

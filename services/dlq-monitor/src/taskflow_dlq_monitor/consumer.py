@@ -42,6 +42,7 @@ from taskflow_common.bus import Bus, ConsumerGone, Puller
 from taskflow_common.db import Database
 from taskflow_common.errors import UnavailableError
 from taskflow_common.messages import MAX_RAW_BYTES, DeadLetter
+from taskflow_common.metrics import DlqMetrics, new_registry
 from taskflow_common.store import deadletters
 from taskflow_common.subjects import HEADER_MSG_ID, HEADER_TRACEPARENT
 
@@ -138,7 +139,9 @@ class DeadLetterConsumer:
         batch_size: int = 64,
         poll_interval_s: float = 0.2,
         tracer: trace.Tracer | None = None,
+        metrics: DlqMetrics | None = None,
     ) -> None:
+        self.metrics = metrics or DlqMetrics(new_registry())
         self.db = db
         self.bus = bus
         self.batch_size = batch_size
@@ -231,15 +234,21 @@ class DeadLetterConsumer:
             span.set_attribute("taskflow.dead_letter.key", key)
             if dl.task_id is not None:
                 span.set_attribute("taskflow.task_id", str(dl.task_id))
+            if dl.type is not None:
+                span.set_attribute("taskflow.type", dl.type)
+            if dl.attempts is not None:
+                span.set_attribute("taskflow.attempt", dl.attempts)
             new = await self._store(msg, key, dl, stop)
             if new is None:
                 return None
             span.set_attribute("taskflow.dead_letter.new", new)
             if new:
                 self.recorded += 1
+                self.metrics.dead_letter_recorded(dl.type, dl.priority)
                 log.warning(
                     "task_dead_lettered",
                     task_id=str(dl.task_id) if dl.task_id else None,
+                    attempt=dl.attempts,
                     type=dl.type,
                     priority=dl.priority,
                     attempts=dl.attempts,

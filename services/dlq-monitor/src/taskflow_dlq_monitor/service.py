@@ -23,6 +23,7 @@ from taskflow_common import logs
 from taskflow_common.db import Database, open_pool
 from taskflow_common.errors import TaskFlowError, UnavailableError
 from taskflow_common.lifecycle import ready
+from taskflow_common.metrics import DlqMetrics, new_registry
 from taskflow_dlq_monitor.api import Deps, create_app
 from taskflow_dlq_monitor.consumer import DeadLetterConsumer, wait_stop
 from taskflow_dlq_monitor.settings import DlqSettings
@@ -87,15 +88,17 @@ async def main(settings: DlqSettings, stop: asyncio.Event) -> None:
         stack.callback(sock.close)
         port = sock.getsockname()[1]
 
+        metrics = DlqMetrics(new_registry())
         consumer = DeadLetterConsumer(
             db,
             bus,
             batch_size=settings.batch_size,
             poll_interval_s=settings.poll_interval,
+            metrics=metrics,
         )
         server = _Server(
             uvicorn.Config(
-                create_app(Deps(db, bus, consumer)),
+                create_app(Deps(db, bus, consumer, metrics)),
                 lifespan="off",
                 log_config=None,
                 access_log=False,
