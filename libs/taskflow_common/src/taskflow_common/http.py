@@ -93,7 +93,9 @@ class FieldError:
 class Problem(falcon.HTTPError):
     """An HTTP error with a stable ``problem_code`` and optional field errors.
 
-    ``status`` is an int (e.g. 422); ``detail`` is a human sentence safe to show.
+    ``status`` is an int (e.g. 422); ``detail`` is a human sentence safe to show;
+    ``extensions`` are extra top-level members of the document (RFC 9457 section 3.2),
+    e.g. ``{"index": 3}`` naming the bad item of a batch.
     """
 
     def __init__(
@@ -105,6 +107,7 @@ class Problem(falcon.HTTPError):
         title: str | None = None,
         errors: Sequence[FieldError] = (),
         headers: Mapping[str, str] | None = None,
+        extensions: Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__(
             status, title=title, description=detail, headers=dict(headers) if headers else None
@@ -113,13 +116,22 @@ class Problem(falcon.HTTPError):
         self.problem_code = code
         self.errors = list(errors)
         self.header_map = dict(headers or {})
+        self.extensions = dict(extensions or {})
 
 
-def validation_error(errors: Sequence[FieldError]) -> Problem:
+def validation_error(
+    errors: Sequence[FieldError], extensions: Mapping[str, Any] | None = None
+) -> Problem:
     """Return a 422 ``validation_error`` whose detail summarises the first field error."""
     first = errors[0]
     more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
-    return Problem(422, "validation_error", f"{first.field}: {first.message}{more}", errors=errors)
+    return Problem(
+        422,
+        "validation_error",
+        f"{first.field}: {first.message}{more}",
+        errors=errors,
+        extensions=extensions,
+    )
 
 
 def parse_uuid(value: str, what: str = "task id") -> uuid.UUID:
@@ -147,6 +159,9 @@ def to_dict(error: falcon.HTTPError, req: falcon.Request | None = None) -> dict[
         "detail": detail or title,
         "code": code,
     }
+    # Extensions never replace the standard members.
+    for name, value in getattr(error, "extensions", {}).items():
+        doc.setdefault(name, value)
     errors: list[FieldError] = getattr(error, "errors", [])
     if errors:
         doc["errors"] = [{"field": e.field, "message": e.message} for e in errors]
