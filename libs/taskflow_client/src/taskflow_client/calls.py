@@ -8,7 +8,6 @@ clients differ only in ``await``.
 
 from __future__ import annotations
 
-import math
 import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -24,11 +23,15 @@ T = TypeVar("T")
 API_PREFIX = "/api/v1"
 MAX_WAIT_S = 60
 """Longest ``?wait=`` the ingest API accepts for one request (seconds)."""
+MIN_WAIT_S = 0.01
+"""Below this much time left, ``wait`` stops long-polling and reads the task once."""
 MAX_PAGE_SIZE = 200
 """Largest ``limit`` the list endpoints accept."""
 POLL_FLOOR_S = 0.5
 """Pause between wait requests when a server answers early without a terminal state
 (an API without long polling): bounds the request rate to 2/s instead of a busy loop."""
+EARLY_S = 0.1
+"""A long poll that returns this much before its wait ended counts as answered early."""
 
 TaskId = str | uuid.UUID
 """A task id as a UUID or its string form."""
@@ -135,23 +138,32 @@ def submit_batch(news: Iterable[NewTask]) -> Call[list[Task]]:
     return Call("POST", "api", "/tasks/batch", _items, json=body)
 
 
-def get(tid: TaskId, *, wait_s: int | None = None) -> Call[Task]:
-    """``GET /tasks/{id}``; with ``wait_s`` (1..60) the server holds it until terminal."""
+def get(tid: TaskId, *, wait_s: float | None = None) -> Call[Task]:
+    """``GET /tasks/{id}``; with ``wait_s`` (<= 60) the server holds it until terminal.
+
+    The wait is sent in whole milliseconds (``?wait=1500ms``).
+    """
     params: tuple[tuple[str, str], ...] = ()
     extra = 0.0
     if wait_s is not None:
-        params = (("wait", f"{wait_s}s"),)
-        extra = float(wait_s)
+        params = (("wait", f"{round(wait_s * 1000)}ms"),)
+        extra = wait_s
     return Call("GET", "api", f"/tasks/{task_id(tid)}", _task, params=params, extra_timeout_s=extra)
 
 
-def wait_step(remaining_s: float) -> int | None:
-    """How long the next ``?wait=`` may be (whole seconds, <= 60) with ``remaining_s`` left.
+def wait_step(remaining_s: float) -> float | None:
+    """How long the next ``?wait=`` may be, in seconds: ``remaining_s`` capped at 60.
 
-    None when less than a second is left: then a plain GET ends the wait.
+    None when less than :data:`MIN_WAIT_S` is left: a plain GET then ends the wait.
     """
-    step = min(MAX_WAIT_S, math.floor(remaining_s))
-    return step if step >= 1 else None
+    if remaining_s < MIN_WAIT_S:
+        return None
+    return min(float(MAX_WAIT_S), remaining_s)
+
+
+def poll_pause(remaining_s: float) -> float:
+    """Seconds to pause before polling again: :data:`POLL_FLOOR_S`, never past the deadline."""
+    return max(0.0, min(POLL_FLOOR_S, remaining_s))
 
 
 def list_tasks(

@@ -178,9 +178,11 @@ class AsyncClient(_Base):
     async def wait(self, task_id: TaskId, timeout_s: float = DEFAULT_WAIT_S) -> Task:
         """Return the task once it is terminal, or its current state after ``timeout_s``.
 
-        Long-polls ``GET /tasks/{id}?wait=Ns`` (N <= 60 s) until the task is
-        ``completed``/``failed``/``cancelled`` or ``timeout_s`` seconds have passed;
-        check :attr:`Task.terminal` on the result. Raises NotFound, Unavailable.
+        Long-polls ``GET /tasks/{id}?wait=<ms>ms`` (at most 60 s per request) until the
+        task is ``completed``/``failed``/``cancelled`` or ``timeout_s`` seconds have
+        passed; check :attr:`Task.terminal` on the result. Against an API that answers
+        at once (no long polling) it polls twice a second instead. Raises NotFound,
+        Unavailable.
         """
         deadline = time.monotonic() + timeout_s
         while True:
@@ -189,11 +191,10 @@ class AsyncClient(_Base):
             task = await self._send(calls.get(task_id, wait_s=step))
             if task.terminal or step is None:
                 return task
-            early = step - (time.monotonic() - asked)
-            if early > 0.1:
-                # Answered well before its wait ended without a terminal state: an API
-                # without long polling. Poll at a bounded rate rather than spin.
-                await asyncio.sleep(min(calls.POLL_FLOOR_S, max(0.0, deadline - time.monotonic())))
+            if time.monotonic() - asked < step - calls.EARLY_S:
+                # Answered well before its wait ended, and not terminal: an API without
+                # long polling. Poll at a bounded rate rather than spin.
+                await asyncio.sleep(calls.poll_pause(deadline - time.monotonic()))
 
     async def list(
         self,
@@ -369,10 +370,9 @@ class Client(_Base):
             task = self._send(calls.get(task_id, wait_s=step))
             if task.terminal or step is None:
                 return task
-            early = step - (time.monotonic() - asked)
-            if early > 0.1:
+            if time.monotonic() - asked < step - calls.EARLY_S:
                 # See AsyncClient.wait: an API without long polling; bound the rate.
-                time.sleep(min(calls.POLL_FLOOR_S, max(0.0, deadline - time.monotonic())))
+                time.sleep(calls.poll_pause(deadline - time.monotonic()))
 
     def list(
         self,
