@@ -246,15 +246,22 @@ class RequestContext:
     """ASGI middleware around a Falcon app: request id, span, logs, declared-size limit.
 
     ``app`` is the Falcon app; ``max_body_bytes`` the body limit in bytes (None: no
-    limit checked here). Non-HTTP scopes (lifespan) pass straight through.
+    limit checked here); ``path_limits`` overrides it for exact paths (e.g. a batch
+    route taking larger bodies; a trailing slash is ignored). Non-HTTP scopes
+    (lifespan) pass straight through.
     """
 
     def __init__(
-        self, app: ASGIApp, tracer: trace.Tracer, max_body_bytes: int | None = None
+        self,
+        app: ASGIApp,
+        tracer: trace.Tracer,
+        max_body_bytes: int | None = None,
+        path_limits: Mapping[str, int] | None = None,
     ) -> None:
         self.app = app
         self._tracer = tracer
         self._limit = max_body_bytes
+        self._path_limits = {k.rstrip("/"): v for k, v in (path_limits or {}).items()}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Handle one ASGI connection scope."""
@@ -297,8 +304,9 @@ class RequestContext:
 
         try:
             length = headers.get("content-length", "")
-            if self._limit is not None and length.isdigit() and int(length) > self._limit:
-                await _send_problem(send_with_id, too_large(self._limit))
+            limit = self._path_limits.get(scope["path"].rstrip("/"), self._limit)
+            if limit is not None and length.isdigit() and int(length) > limit:
+                await _send_problem(send_with_id, too_large(limit))
             else:
                 await self.app(scope, receive, send_with_id)
         finally:
