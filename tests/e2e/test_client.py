@@ -7,6 +7,7 @@ services are separate processes).
 
 from __future__ import annotations
 
+import builtins
 import datetime as dt
 import time
 import uuid
@@ -50,7 +51,7 @@ class Api:
         assert self.sync
         return self.sync.submit(type_, payload, **options)
 
-    async def submit_batch(self, tasks: list[NewTask]) -> list[Task]:
+    async def submit_batch(self, tasks: builtins.list[NewTask]) -> builtins.list[Task]:
         if self.aio:
             return await self.aio.submit_batch(tasks)
         assert self.sync
@@ -68,13 +69,13 @@ class Api:
         assert self.sync
         return self.sync.wait(task_id, timeout_s)
 
-    async def list(self, **filters: Any) -> list[Task]:
+    async def list(self, **filters: Any) -> builtins.list[Task]:
         if self.aio:
             return [t async for t in self.aio.list(**filters)]
         assert self.sync
-        return list(self.sync.list(**filters))
+        return builtins.list(self.sync.list(**filters))
 
-    async def executions(self, task_id: uuid.UUID | str) -> list[Execution]:
+    async def executions(self, task_id: uuid.UUID | str) -> builtins.list[Execution]:
         if self.aio:
             return await self.aio.executions(task_id)
         assert self.sync
@@ -92,11 +93,11 @@ class Api:
         assert self.sync
         return self.sync.retry(task_id)
 
-    async def dead_letters(self, **filters: Any) -> list[DeadLetter]:
+    async def dead_letters(self, **filters: Any) -> builtins.list[DeadLetter]:
         if self.aio:
             return [d async for d in self.aio.dead_letters(**filters)]
         assert self.sync
-        return list(self.sync.dead_letters(**filters))
+        return builtins.list(self.sync.dead_letters(**filters))
 
     async def replay(self, task_id: uuid.UUID | str) -> Task:
         if self.aio:
@@ -433,6 +434,7 @@ async def test_unavailable_when_the_database_is_gone(
             return None
 
         exc = await wait_for(answered, 20, what="a 503 from the API")
+    assert exc is not None
     assert (exc.status, exc.code) == (503, "unavailable")
 
 
