@@ -4,6 +4,12 @@ Every line carries ``ts`` (RFC 3339 UTC), ``level``, ``service``, ``event`` (a f
 snake_case vocabulary such as ``task_submitted``, ``attempt_started``,
 ``task_dead_lettered``) and whatever context is bound for the current request or task
 (``request_id``, ``task_id``, ``attempt``, ``trace_id``, ``span_id``).
+
+A line about one task uses an event of :data:`TASK_EVENTS` (the fixed vocabulary,
+documented in ``docs/observability.md``) and carries ``task_id``, ``attempt`` (where
+there is one) and the ``trace_id``/``span_id`` of the span it belongs to, so a log line
+leads to its trace. Success lines on the task path are DEBUG (no per-task INFO line in
+a worker or dispatcher); failures are WARNING.
 """
 
 from __future__ import annotations
@@ -14,15 +20,46 @@ import sys
 import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
+from types import MappingProxyType
 from typing import Any
 
 import orjson
 from opentelemetry import trace
 
+_EMPTY: Mapping[str, Any] = MappingProxyType({})
 _context: contextvars.ContextVar[Mapping[str, Any]] = contextvars.ContextVar(
-    "taskflow_log_context", default={}
+    "taskflow_log_context", default=_EMPTY
 )
 _service = "taskflow"
+
+TASK_EVENTS: Mapping[str, str] = MappingProxyType(
+    {
+        # event: "service, level: meaning (fields beyond task_id/attempt/trace_id/span_id)"
+        "task_submitted": "ingest-api, INFO: a task was created (type, priority)",
+        "task_submit_replayed": "ingest-api, INFO: an Idempotency-Key replay (no new task)",
+        "task_published": "dispatcher, DEBUG: an attempt's message was PubAck'd",
+        "attempt_started": "worker, DEBUG: the attempt was claimed; its handler starts",
+        "attempt_succeeded": "worker, DEBUG: the task completed on this attempt",
+        "attempt_failed": "worker, WARNING: the handler failed (error, error_type, "
+        "permanent, task_status retrying|failed, retry_at)",
+        "attempt_abandoned": "worker or dispatcher, WARNING: the owner's lease expired "
+        "(task_status)",
+        "attempt_interrupted": "worker, INFO: given back at shutdown (not counted)",
+        "attempt_cancelled": "worker, INFO: stopped by a cancel request",
+        "attempt_lost": "worker, WARNING: the lease was lost to another worker",
+        "attempt_fenced": "worker, WARNING: a newer state won; this outcome was not stored",
+        "claim_adopted": "worker, WARNING: an own claim that committed unseen was taken back",
+        "delivery_skipped": "worker, DEBUG: a duplicate or stale delivery was acked unrun",
+        "task_dead_lettered": "dispatcher, WARNING: the dead letter was published; and "
+        "dlq-monitor, WARNING: it was recorded (type, error)",
+        "message_dead_lettered": "worker, WARNING: an undecodable task message was "
+        "dead-lettered (reason, subject)",
+        "task_replayed": "dlq-monitor, INFO: a dead-lettered task was queued again",
+        "tasks_replayed": "dlq-monitor, INFO: a bulk replay by filter (tasks, type, q)",
+        "dead_letters_discarded": "dlq-monitor, INFO: dead letters were discarded (count)",
+    }
+)
+"""The fixed vocabulary of per-task log events: name -> where, level and meaning."""
 
 
 def _utc(ts: float) -> str:
