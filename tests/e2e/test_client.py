@@ -284,6 +284,7 @@ async def test_submit_batch_in_order_with_keys_and_all_or_nothing(api: Api) -> N
     assert info.value.status == 422
     assert info.value.code == "validation_error"
     assert [e.field for e in info.value.errors] == ["tasks[1].type"]
+    assert info.value.problem["index"] == 1
     assert not [t for t in await api.list(type="demo", limit=200) if t.payload == {"m": marker}]
 
     for task in created:

@@ -180,7 +180,7 @@ async def test_enqueue_rejects_bad_input_before_any_sql(conn: asyncpg.Connection
             "run_at",
             "delay_ms",
             "timeout_s",
-            "tags.k",
+            "tags",
             "idempotency_key",
         ]
         assert isinstance(info.value, ValueError)
@@ -189,3 +189,7 @@ async def test_enqueue_rejects_bad_input_before_any_sql(conn: asyncpg.Connection
     with pytest.raises(ValidationFailed) as nan:
         await enqueue(conn, "demo", {"x": float("nan")})
     assert [e.field for e in nan.value.errors] == ["payload.x"]
+    at = dt.datetime.now(dt.UTC)
+    with pytest.raises(ValidationFailed) as both:
+        await enqueue(conn, "demo", {}, run_at=at, delay_ms=5, tags={"a:b": "c"})
+    assert [e.field for e in both.value.errors] == ["delay_ms", "tags"]

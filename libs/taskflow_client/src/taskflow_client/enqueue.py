@@ -37,9 +37,22 @@ from taskflow_common.store import tasks as store
 from taskflow_common.store.rows import task_json
 from taskflow_common.subjects import PRIORITIES
 
+# The ingest API's limits (taskflow_ingest_api.validation), so that enqueue accepts
+# exactly what a REST submit accepts.
 MAX_JSON_DEPTH = 64
 """Deepest payload nesting accepted (the ingest API's default ``MAX_JSON_DEPTH``)."""
 MAX_ATTEMPTS_RANGE = (1, 100)
+MAX_DELAY_MS = 31_536_000_000
+"""Longest ``delay_ms``: 365 days."""
+MAX_TIMEOUT_S = 86_400.0
+"""Largest ``timeout_s``: one day."""
+MAX_TAGS = 32
+TAG_KEY_CHARS = 128
+TAG_VALUE_CHARS = 512
+TAGS_RULE = (
+    f"must be a mapping of at most {MAX_TAGS} string values: keys 1..{TAG_KEY_CHARS} "
+    f"characters without ':', values at most {TAG_VALUE_CHARS} characters, no \\u0000"
+)
 _PRINTABLE_ASCII = re.compile(r"^[\x20-\x7e]{1,255}$")
 
 
@@ -59,11 +72,13 @@ async def enqueue(
     """Insert a ``queued`` task using ``conn`` (in its current transaction) and return it.
 
     ``payload``: any JSON value (None: ``{}``, as the REST API). ``max_attempts``:
-    1..100. ``run_at`` (aware datetime) and/or ``delay_ms`` (milliseconds, >= 0) delay
-    the first run (a past ``run_at`` means now); ``timeout_s`` (seconds, > 0) bounds
-    each attempt; ``tags``: string-to-string map; ``idempotency_key``: 1..255 printable
-    ASCII; a key already used for the same request returns that task, for a different
-    request raises :class:`~taskflow_client.errors.Conflict` ``idempotency_key_reused``.
+    1..100. ``run_at`` (aware datetime) or ``delay_ms`` (milliseconds, 0..365 days)
+    delays the first run (a past ``run_at`` means now); ``timeout_s`` (seconds, up to
+    86400) bounds each attempt; ``tags``: up to 32 string values, keys without ``:``;
+    ``idempotency_key``: 1..255 printable ASCII; a key already used for the same
+    request returns that task, for a different request raises
+    :class:`~taskflow_client.errors.Conflict` ``idempotency_key_reused``. The limits
+    are the ingest API's, so enqueue accepts what a REST submit accepts.
 
     Everything is checked before any SQL runs: invalid input raises
     :class:`~taskflow_client.errors.ValidationFailed` (a ``ValueError``) whose
@@ -142,24 +157,19 @@ def _spec(
         bad("max_attempts", f"must be an integer from {low} to {high}")
     if run_at is not None and (not isinstance(run_at, dt.datetime) or run_at.tzinfo is None):
         bad("run_at", "must be an aware datetime (with a UTC offset)")
-    if delay_ms is not None and (not _is_int(delay_ms) or delay_ms < 0):
-        bad("delay_ms", "must be an integer >= 0 (milliseconds)")
+    if delay_ms is not None and (not _is_int(delay_ms) or not 0 <= delay_ms <= MAX_DELAY_MS):
+        bad("delay_ms", f"must be an integer from 0 to {MAX_DELAY_MS} (milliseconds)")
+    elif delay_ms is not None and run_at is not None:
+        bad("delay_ms", "give run_at or delay_ms, not both")
     if timeout_s is not None and (
         not isinstance(timeout_s, int | float)
         or isinstance(timeout_s, bool)
         or not math.isfinite(timeout_s)
-        or timeout_s <= 0
+        or not 0 < timeout_s <= MAX_TIMEOUT_S
     ):
-        bad("timeout_s", "must be a number of seconds > 0")
-    if tags is not None:
-        if not isinstance(tags, Mapping):
-            bad("tags", "must be a mapping of strings to strings")
-        else:
-            for key, value in tags.items():
-                if not isinstance(key, str) or not isinstance(value, str):
-                    bad(f"tags.{key}", "keys and values must be strings")
-                elif "\x00" in key or "\x00" in value:
-                    bad(f"tags.{key}", "must not contain the NUL character (\\u0000)")
+        bad("timeout_s", f"must be a number above 0 and at most {MAX_TIMEOUT_S:g} (seconds)")
+    if tags is not None and not _tags_ok(tags):
+        bad("tags", TAGS_RULE)
     if idempotency_key is not None and (
         not isinstance(idempotency_key, str) or not _PRINTABLE_ASCII.match(idempotency_key)
     ):
@@ -181,6 +191,19 @@ def _spec(
         run_at=run_at,
         delay_s=None if delay_ms is None else delay_ms / 1000,
     )
+
+
+def _tags_ok(tags: Any) -> bool:
+    if not isinstance(tags, Mapping) or len(tags) > MAX_TAGS:
+        return False
+    for key, value in tags.items():
+        if not isinstance(key, str) or not isinstance(value, str):
+            return False
+        if not 1 <= len(key) <= TAG_KEY_CHARS or ":" in key or "\x00" in key:
+            return False
+        if len(value) > TAG_VALUE_CHARS or "\x00" in value:
+            return False
+    return True
 
 
 def _is_int(value: Any) -> bool:

@@ -36,7 +36,8 @@ class TaskFlowAPIError(Exception):
 
     ``status``: HTTP status (int) or None when no response came; ``code``: the problem
     code; ``detail``: human text; ``errors``: field errors (may be empty); ``title``:
-    the problem title.
+    the problem title; ``problem``: the whole problem document as received (``{}``
+    without one), including extension members such as a batch's bad item ``index``.
     """
 
     def __init__(
@@ -47,12 +48,14 @@ class TaskFlowAPIError(Exception):
         status: int | None = None,
         errors: Sequence[FieldError] = (),
         title: str | None = None,
+        problem: Mapping[str, Any] | None = None,
     ) -> None:
         self.code = code
         self.detail = detail
         self.status = status
         self.errors = list(errors)
         self.title = title or code
+        self.problem: Mapping[str, Any] = dict(problem or {})
         super().__init__(detail)
 
     def __str__(self) -> str:
@@ -123,6 +126,7 @@ def from_response(resp: httpx.Response) -> TaskFlowAPIError:
         status=status,
         errors=errors,
         title=doc.get("title"),
+        problem=doc,
     )
 
 
