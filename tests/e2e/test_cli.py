@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import pty
 import subprocess
 import sys
 import sysconfig
@@ -92,6 +93,44 @@ async def test_submit_wait_prints_the_result_and_exits_0(cli_env: dict[str, str]
     done = as_json(await taskflow(cli_env, "submit", "demo", '{"x":1}', "--wait", "--json"))
     assert done["status"] == "completed"
     assert done["result"] == {"x": 1}
+
+
+async def test_spinner_goes_to_stderr_only_on_a_terminal(cli_env: dict[str, str]) -> None:
+    base = {k: v for k, v in os.environ.items() if k not in _SCRUB}
+    argv = ["submit", "demo", '{"sleep_ms": 1000}', "--wait", "--json"]
+    primary, secondary = pty.openpty()
+    try:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "taskflow_client",
+            *argv,
+            env={**base, **cli_env, "TERM": "xterm"},
+            stdout=subprocess.PIPE,
+            stderr=secondary,
+        )
+    finally:
+        os.close(secondary)  # the child holds the only copy now: EOF when it exits
+    # Read the terminal while the command runs, so a full pty buffer never blocks it.
+    terminal, (stdout, _) = await asyncio.wait_for(
+        asyncio.gather(asyncio.to_thread(_drain, primary), proc.communicate()), 60
+    )
+    assert proc.returncode == 0
+    assert json.loads(stdout)["status"] == "completed"  # stdout stays clean JSON
+    assert "waiting for task" in terminal
+
+
+def _drain(fd: int) -> str:
+    """Read what was written to a pty until its other end is closed."""
+    chunks: list[bytes] = []
+    try:
+        while chunk := os.read(fd, 65536):
+            chunks.append(chunk)
+    except OSError:  # EIO: every writer has closed the terminal
+        pass
+    finally:
+        os.close(fd)
+    return b"".join(chunks).decode(errors="replace")
 
 
 async def test_submit_wait_on_a_failing_task_exits_1(cli_env: dict[str, str]) -> None:
@@ -192,6 +231,9 @@ async def test_cancel_retry_with_conflicts_exiting_5(cli_env: dict[str, str]) ->
         )
     )
     assert task["tags"] == {"k": "v"}
+    tagged = as_json(await taskflow(cli_env, "list", "--tag", "k=v", "--json"))
+    assert [t["id"] for t in tagged] == [task["id"]]
+    assert as_json(await taskflow(cli_env, "list", "--tag", "k=w", "--json")) == []
     cancelled = as_json(await taskflow(cli_env, "cancel", task["id"], "--json"))
     assert cancelled["status"] == "cancelled"
     again = await taskflow(cli_env, "cancel", task["id"])

@@ -261,17 +261,23 @@ def list_command(
     status: Annotated[StatusChoice | None, typer.Option(help="Only tasks in this state.")] = None,
     task_type: Annotated[str | None, typer.Option("--type", help="Only this task type.")] = None,
     priority: Annotated[PriorityChoice | None, typer.Option(help="Only this priority.")] = None,
+    tag: Annotated[
+        list[str] | None,
+        typer.Option("--tag", metavar="KEY=VALUE", help="Only tasks with this tag; repeatable."),
+    ] = None,
     limit: Annotated[int, typer.Option(min=1, help="Show at most this many tasks.")] = 50,
     as_json: AsJson = False,
     api_url: ApiUrl = DEFAULT_API_URL,
 ) -> None:
     """List tasks, newest first."""
+    tags = _tags(tag)
     with _api_errors(), Client(api_url) as tf:
         tasks = list(
             tf.list(
                 status=status.value if status else None,
                 type=task_type,
                 priority=priority.value if priority else None,
+                tags=tags,
                 page_size=min(limit, 200),
                 limit=limit,
             )
