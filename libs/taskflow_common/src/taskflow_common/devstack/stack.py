@@ -47,6 +47,8 @@ PG_PORT = 15432
 NATS_PORT = 14222
 HTTP_PORT = 8080
 DLQ_HTTP_PORT = 8081
+WORKER_METRICS_PORT = 9101
+DISPATCHER_METRICS_PORT = 9102
 DATABASE = "taskflow"
 HEALTH_PATH = "/api/v1/health"
 READY_TIMEOUT_S = 60.0
@@ -259,6 +261,8 @@ class Stack:
         env["NATS_URL"] = self.nats_url
         env.setdefault("HTTP_PORT", str(preferred_port(HTTP_PORT)))
         env.setdefault("DLQ_HTTP_PORT", str(preferred_port(DLQ_HTTP_PORT)))
+        env.setdefault("WORKER_METRICS_PORT", str(preferred_port(WORKER_METRICS_PORT)))
+        env.setdefault("DISPATCHER_METRICS_PORT", str(preferred_port(DISPATCHER_METRICS_PORT)))
         env.setdefault("PYTHONUNBUFFERED", "1")
         return env
 
@@ -425,6 +429,9 @@ class StopSignal:
         return self.event.wait(seconds)
 
 
+_METRICS_PORTS = ("HTTP_PORT", "DLQ_HTTP_PORT", "WORKER_METRICS_PORT", "DISPATCHER_METRICS_PORT")
+
+
 def _banner(stack: Stack, env: Mapping[str, str], missing: list[str]) -> str:
     api_up = "taskflow-ingest-api" not in missing
     api = f"http://127.0.0.1:{env['HTTP_PORT']}/api/v1"
@@ -432,7 +439,10 @@ def _banner(stack: Stack, env: Mapping[str, str], missing: list[str]) -> str:
     if api_up:
         lines.append(f"  API:          {api}  (health: {api}/health)")
     if "taskflow-dlq-monitor" not in missing:
-        lines.append(f"  DLQ monitor:  http://127.0.0.1:{env['DLQ_HTTP_PORT']}")
+        lines.append(f"  DLQ monitor:  http://127.0.0.1:{env['DLQ_HTTP_PORT']}/console")
+    metrics = [f"http://127.0.0.1:{env[k]}/metrics" for k in _METRICS_PORTS if env.get(k)]
+    if metrics:
+        lines.append(f"  Metrics:      {'  '.join(metrics)}")
     lines += [
         f"  Postgres:     {stack.database_url}",
         f"  NATS:         {stack.nats_url}",
