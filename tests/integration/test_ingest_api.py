@@ -748,9 +748,9 @@ async def test_oversized_bodies_are_413_without_reading_them(
 async def test_health_and_ready_with_everything_up(api: falcon.testing.ASGIConductor) -> None:
     async def nats_ok() -> dict[str, Any] | None:
         doc: dict[str, Any] = (await api.simulate_get("/api/v1/health")).json
-        return doc if doc["checks"]["nats"]["ok"] else None
+        return doc if doc["checks"]["nats"]["ok"] and doc["checks"]["events"]["ok"] else None
 
-    doc = await wait_for(nats_ok, 10, what="health to report NATS connected")
+    doc = await wait_for(nats_ok, 10, what="health to report NATS and LISTEN connected")
     assert doc["status"] == "ok"
     assert doc["checks"]["postgres"]["ok"] is True
     assert doc["checks"]["postgres"]["latency_ms"] >= 0

@@ -1,8 +1,9 @@
 """Build the Falcon ASGI app (:func:`create_app`) and serve it with uvicorn (:func:`serve`).
 
 The app owns its resources through the ASGI lifespan: on start-up it opens the asyncpg
-pool and starts connecting to NATS in the background (the API takes tasks while NATS is
-down: the dispatcher publishes them later); on shutdown it closes both. Postgres being
+pool, starts connecting to NATS in the background (the API takes tasks while NATS is
+down: the dispatcher publishes them later) and starts the task-event listener that
+wakes long polls and event streams; on shutdown it closes all three. Postgres being
 down at start-up does not stop the API either: requests then get 503 ``unavailable`` and
 ``/api/v1/ready`` says so until Postgres answers.
 """
@@ -27,8 +28,9 @@ from taskflow_common.errors import TaskFlowError, UnavailableError
 from taskflow_common.http import ASGIApp, MetricsResource, RequestContext, RequestMetrics, RouteName
 from taskflow_common.lifecycle import ready
 from taskflow_common.logs import get_logger
-from taskflow_ingest_api.resources import Deps, add_routes
+from taskflow_ingest_api.resources import API, Deps, add_routes
 from taskflow_ingest_api.settings import ApiSettings
+from taskflow_ingest_api.waiters import TaskEvents
 
 __all__ = ["Deps", "create_app", "serve"]
 
@@ -44,7 +46,7 @@ class StartupFailed(TaskFlowError):
 
 
 class Lifespan:
-    """Lifespan middleware: opens the pool and the NATS connection, closes them on exit.
+    """Lifespan middleware: opens the pool, NATS and the task-event listener; closes them.
 
     Only what it opened is closed; ``deps.db``/``deps.bus`` given by the caller are
     left alone.
@@ -72,6 +74,18 @@ class Lifespan:
                 nats_bus.connect(settings, SERVICE, wait=False)
             )
             self._stack.callback(setattr, deps, "bus", None)
+        if deps.events is None:
+            events = deps.events = TaskEvents(settings)
+            stop = asyncio.Event()
+            listener = asyncio.create_task(events.run(stop), name="task-events")
+
+            async def stop_listening() -> None:
+                events.close()
+                stop.set()
+                await listener
+                deps.events = None
+
+            self._stack.push_async_callback(stop_listening)
 
     async def process_shutdown(self, scope: dict[str, Any], event: dict[str, Any]) -> None:
         """Close what start-up opened (the pool waits for in-flight queries, 5 s max)."""
@@ -95,7 +109,12 @@ def create_app(settings: ApiSettings, deps: Deps | None = None) -> ASGIApp:
     http.install(app)
     add_routes(app, settings, deps)
     app.add_route("/metrics", MetricsResource(deps.metrics.registry))
-    return RequestContext(app, deps.tracer, settings.max_body_bytes)
+    return RequestContext(
+        app,
+        deps.tracer,
+        settings.max_body_bytes,
+        path_limits={f"{API}/tasks/batch": settings.max_batch_body_bytes},
+    )
 
 
 async def serve(settings: ApiSettings, stop: asyncio.Event) -> None:
@@ -104,8 +123,9 @@ async def serve(settings: ApiSettings, stop: asyncio.Event) -> None:
     Logs ``service_ready`` with the bound host and port once uvicorn listens (port 0
     picks a free port). Raises :class:`StartupFailed` when uvicorn cannot start.
     """
+    deps = Deps()
     config = uvicorn.Config(
-        create_app(settings),
+        create_app(settings, deps),
         host=settings.http_host,
         port=settings.http_port,
         loop="uvloop",
@@ -128,6 +148,10 @@ async def serve(settings: ApiSettings, stop: asyncio.Event) -> None:
             ready(host=host, port=port)
         await asyncio.wait({serving, stopping}, return_when=asyncio.FIRST_COMPLETED)
     finally:
+        # Answer parked long polls and end event streams now, so that they do not hold
+        # the graceful shutdown for its whole timeout.
+        if deps.events is not None:
+            deps.events.close()
         server.should_exit = True
         stopping.cancel()
         with contextlib.suppress(asyncio.CancelledError):

@@ -1,75 +1,62 @@
 """HTTP resources of the ingest API (Falcon ASGI responders).
 
-Routes::
+Routes (the OpenAPI document, :mod:`taskflow_ingest_api.openapi`, is the reference)::
 
     POST /api/v1/tasks                    201 {"task": Task} + Location
                                           200 + Idempotent-Replayed: true (same key, same body)
+    POST /api/v1/tasks/batch              201 {"items": [{"task": Task, "created": bool}]}
     GET  /api/v1/tasks                    200 {"items": [Task], "next_cursor": str | null}
-    GET  /api/v1/tasks/{task_id}          200 {"task": Task}
+                                          (?status ?type ?priority ?tag=k:v... ?limit ?cursor)
+    GET  /api/v1/tasks/{task_id}          200 {"task": Task} (?wait=30s: long poll)
+    GET  /api/v1/tasks/{task_id}/events   200 text/event-stream
     GET  /api/v1/tasks/{task_id}/executions  200 {"items": [Execution]}
+    POST /api/v1/tasks/{task_id}/cancel   200 {"task": Task} | 409 invalid_state
+    POST /api/v1/tasks/{task_id}/retry    200 {"task": Task} | 409 invalid_state
     GET  /api/v1/health                   200 {"status": "ok"|"degraded", "checks": {...}}
     GET  /api/v1/ready                    200 {"status": "ready"} | 503 unavailable
+    GET  /api/v1/openapi.json             200 the OpenAPI 3.1 document
 
-Errors are problem+json (:mod:`taskflow_common.http`).
+The long poll and the event stream live in :mod:`taskflow_ingest_api.awaiting`. Errors
+are problem+json (:mod:`taskflow_common.http`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
+import uuid
 from typing import Any
 
 import falcon
 import falcon.asgi
-from opentelemetry import trace
+import orjson
 from opentelemetry.trace import SpanKind
 
 from taskflow_common import tracing
-from taskflow_common.bus import Bus
-from taskflow_common.db import Database
-from taskflow_common.errors import UnavailableError
-from taskflow_common.http import parse_uuid, read_body
+from taskflow_common.bus import TRANSIENT_ERRORS as NATS_ERRORS
+from taskflow_common.http import Problem, parse_uuid, read_body
 from taskflow_common.logs import get_logger
-from taskflow_common.metrics import ApiMetrics, new_registry
+from taskflow_common.messages import CancelRequest
+from taskflow_common.store import deadletters
 from taskflow_common.store import tasks as store
 from taskflow_common.store.rows import execution_json, task_json
+from taskflow_ingest_api.awaiting import EventsResource, TaskResource
+from taskflow_ingest_api.deps import Deps
+from taskflow_ingest_api.openapi import document
 from taskflow_ingest_api.settings import ApiSettings
 from taskflow_ingest_api.validation import (
     check_content_type,
+    parse_batch,
     parse_idempotency_key,
     parse_list_query,
     parse_submit,
 )
 
+__all__ = ["API", "Deps", "add_routes"]
+
 log = get_logger(__name__)
 
 API = "/api/v1"
-
-
-class Deps:
-    """Collaborators of the resources; the lifespan middleware opens and closes them.
-
-    Tests may set ``db``/``bus`` before start-up; the app then uses (and leaves open)
-    those instead of opening its own.
-    """
-
-    def __init__(
-        self,
-        tracer: trace.Tracer | None = None,
-        db: Database | None = None,
-        bus: Bus | None = None,
-    ) -> None:
-        self.tracer = tracer or trace.get_tracer("taskflow_ingest_api")
-        self.db = db
-        self.bus = bus
-        # One registry per app (tests build several apps in one process).
-        self.metrics = ApiMetrics(new_registry())
-
-    def database(self) -> Database:
-        """Return the open pool; raise :class:`UnavailableError` before start-up."""
-        if self.db is None:
-            raise UnavailableError("database pool not open")
-        return self.db
 
 
 class TasksResource:
@@ -116,31 +103,134 @@ class TasksResource:
         """List tasks newest first, filtered, one keyset page at a time."""
         query = parse_list_query(req.params)
         async with self._deps.database().acquire() as conn:
-            page = await store.list_tasks(
-                conn,
-                status=query.status,
-                type=query.type,
-                priority=query.priority,
-                limit=query.limit,
-                cursor=query.cursor,
+            page = (
+                store.Page([], None)
+                if query.matches_nothing
+                else await store.list_tasks(
+                    conn,
+                    status=query.status,
+                    type=query.type,
+                    priority=query.priority,
+                    tags=query.tags,
+                    limit=query.limit,
+                    cursor=query.cursor,
+                )
             )
         resp.media = {"items": [task_json(r) for r in page.rows], "next_cursor": page.next_cursor}
 
 
-class TaskResource:
-    """``/api/v1/tasks/{task_id}``: one task."""
+class BatchResource:
+    """``/api/v1/tasks/batch``: submit up to 1,000 tasks in one transaction."""
+
+    def __init__(self, settings: ApiSettings, deps: Deps) -> None:
+        self._settings = settings
+        self._deps = deps
+
+    async def on_post(self, req: falcon.asgi.Request, resp: falcon.asgi.Response) -> None:
+        """Create every task of ``{"tasks": [spec, ...]}`` or none; 201 with the items.
+
+        Response ``{"items": [{"task": Task, "created": bool}, ...]}`` in request order
+        (``created`` false: an ``idempotency_key`` replayed an existing task). A bad
+        item: 422 ``validation_error`` with ``errors`` naming ``tasks[i].field`` and
+        ``index``. A key reused with another spec: 409 ``idempotency_key_reused`` with
+        ``index``. Body limit ``MAX_BATCH_BODY_BYTES`` (413).
+        """
+        check_content_type(req.content_type)
+        raw = await read_body(req, self._settings.max_batch_body_bytes)
+        specs = parse_batch(
+            raw,
+            default_max_attempts=self._settings.worker_max_attempts,
+            max_depth=self._settings.max_json_depth,
+        )
+        parent = tracing.current_traceparent()
+        with self._deps.tracer.start_as_current_span(
+            "INSERT tasks",
+            kind=SpanKind.CLIENT,
+            attributes={
+                "db.system.name": "postgresql",
+                "db.operation.name": "INSERT",
+                "db.operation.batch.size": len(specs),
+            },
+        ):
+            async with self._deps.database().acquire() as conn:
+                try:
+                    results = await store.submit_batch(conn, specs, trace_parent=parent)
+                except store.BatchKeyReused as exc:
+                    raise Problem(
+                        409, exc.code, str(exc), extensions={"index": exc.index}
+                    ) from None
+        created = 0
+        for spec, (_, was_created) in zip(specs, results, strict=True):
+            if was_created:
+                created += 1
+                self._deps.metrics.task_submitted(spec.type, spec.priority)
+        resp.status = falcon.HTTP_201
+        resp.data = orjson.dumps(
+            {"items": [{"task": task_json(row), "created": made} for row, made in results]}
+        )
+        resp.content_type = falcon.MEDIA_JSON
+        log.info("tasks_submitted", count=len(specs), created=created)
+
+
+class CancelResource:
+    """``/api/v1/tasks/{task_id}/cancel``."""
 
     def __init__(self, deps: Deps) -> None:
         self._deps = deps
 
-    async def on_get(
+    async def on_post(
         self, req: falcon.asgi.Request, resp: falcon.asgi.Response, task_id: str
     ) -> None:
-        """Return the task; 400 ``invalid_id`` for a non-UUID, 404 ``not_found``."""
+        """Cancel the task: 200 ``{"task"}``; 404; 409 ``invalid_state`` once terminal.
+
+        Queued or retrying: ``cancelled`` at once, never runs. Processing: the task is
+        ``cancelled`` and its attempt closed ``cancelled`` in Postgres (see
+        :func:`~taskflow_common.store.tasks.cancel`), then a ``CancelRequest`` on the
+        cancel subject tells the owning worker to stop the handler (it does within a
+        second). If NATS is down the worker still stops it at its next lease renewal,
+        which finds the attempt closed.
+        """
         tid = parse_uuid(task_id)
         async with self._deps.database().acquire() as conn:
-            row = await store.get(conn, tid)
+            result = await store.cancel(conn, tid)
+        if result.stopped_attempt is not None:
+            await self._tell_worker(tid)
+        resp.media = {"task": task_json(result.task)}
+        log.info("task_cancelled", task_id=task_id, running_attempt=result.stopped_attempt)
+
+    async def _tell_worker(self, task_id: uuid.UUID) -> None:
+        bus = self._deps.bus
+        if bus is None or not bus.connected:
+            log.warning("cancel_not_published", task_id=str(task_id), reason="nats not connected")
+            return
+        try:
+            # Core NATS, fire and forget: every worker hears it; the owner acts.
+            await bus.nc.publish(bus.names.cancel_subject, CancelRequest(task_id).encode())
+        except NATS_ERRORS as exc:
+            log.warning("cancel_not_published", task_id=str(task_id), error=repr(exc))
+
+
+class RetryResource:
+    """``/api/v1/tasks/{task_id}/retry``."""
+
+    def __init__(self, deps: Deps) -> None:
+        self._deps = deps
+
+    async def on_post(
+        self, req: falcon.asgi.Request, resp: falcon.asgi.Response, task_id: str
+    ) -> None:
+        """Send a failed or cancelled task back to ``queued``: 200 ``{"task"}``.
+
+        A fresh attempt budget (``failed_attempts`` reset), history kept and attempts
+        numbered on; its open dead letters become ``replayed``
+        (:func:`~taskflow_common.store.deadletters.replay`). 404 for an unknown task,
+        409 ``invalid_state`` for any other status.
+        """
+        tid = parse_uuid(task_id)
+        async with self._deps.database().acquire() as conn:
+            row = await deadletters.replay(conn, tid)
         resp.media = {"task": task_json(row)}
+        log.info("task_retried", task_id=task_id, dead_letters=row["dead_letters_replayed"])
 
 
 class ExecutionsResource:
@@ -167,16 +257,24 @@ class HealthResource:
         self._deps = deps
 
     async def on_get(self, req: falcon.asgi.Request, resp: falcon.asgi.Response) -> None:
-        """``{"status": "ok"|"degraded", "checks": {"postgres": {...}, "nats": {...}}}``.
+        """``{"status": "ok"|"degraded", "checks": {"postgres", "nats", "events"}}``.
 
-        Each check is ``{"ok": true, "latency_ms": float}`` or ``{"ok": false, "error":
-        str}``; both run concurrently and each gives up after at most 2 s.
+        The postgres and nats checks are ``{"ok": true, "latency_ms": float}`` or
+        ``{"ok": false, "error": str}``; they run concurrently and each gives up after
+        at most 2 s. ``events`` is ``{"ok": bool, "waiters": int}``: whether the LISTEN
+        connection that wakes long polls and event streams is up, and how many requests
+        are parked on it. Any check not ok makes the status ``degraded``.
         """
         postgres, nats = await asyncio.gather(self._check_postgres(), self._check_nats())
-        ok = postgres["ok"] and nats["ok"]
+        hub = self._deps.events
+        events = {
+            "ok": hub is not None and hub.listening,
+            "waiters": hub.waiting if hub is not None else 0,
+        }
+        ok = postgres["ok"] and nats["ok"] and events["ok"]
         resp.media = {
             "status": "ok" if ok else "degraded",
-            "checks": {"postgres": postgres, "nats": nats},
+            "checks": {"postgres": postgres, "nats": nats, "events": events},
         }
 
     async def _check_postgres(self) -> dict[str, Any]:
@@ -215,6 +313,18 @@ class ReadyResource:
         resp.media = {"status": "ready"}
 
 
+class OpenApiResource:
+    """``/api/v1/openapi.json``: the OpenAPI 3.1 document (built once, served as bytes)."""
+
+    def __init__(self, document: dict[str, Any]) -> None:
+        self._body = orjson.dumps(document)
+
+    async def on_get(self, req: falcon.asgi.Request, resp: falcon.asgi.Response) -> None:
+        """Return the document (``application/json``)."""
+        resp.data = self._body
+        resp.content_type = falcon.MEDIA_JSON
+
+
 def add_routes(
     app: falcon.asgi.App[falcon.asgi.Request, falcon.asgi.Response],
     settings: ApiSettings,
@@ -222,7 +332,12 @@ def add_routes(
 ) -> None:
     """Mount every resource on ``app`` under ``/api/v1``."""
     app.add_route(f"{API}/tasks", TasksResource(settings, deps))
+    app.add_route(f"{API}/tasks/batch", BatchResource(settings, deps))
     app.add_route(f"{API}/tasks/{{task_id}}", TaskResource(deps))
+    app.add_route(f"{API}/tasks/{{task_id}}/events", EventsResource(settings, deps))
     app.add_route(f"{API}/tasks/{{task_id}}/executions", ExecutionsResource(deps))
+    app.add_route(f"{API}/tasks/{{task_id}}/cancel", CancelResource(deps))
+    app.add_route(f"{API}/tasks/{{task_id}}/retry", RetryResource(deps))
     app.add_route(f"{API}/health", HealthResource(settings, deps))
     app.add_route(f"{API}/ready", ReadyResource(deps))
+    app.add_route(f"{API}/openapi.json", OpenApiResource(document()))

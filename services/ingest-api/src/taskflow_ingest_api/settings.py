@@ -12,10 +12,17 @@ class ApiSettings(CommonSettings):
 
     ``HTTP_HOST`` defaults to loopback (the Docker image sets ``0.0.0.0``);
     ``MAX_BODY_BYTES`` bounds a request body in bytes (default 1 MiB, larger → 413);
-    ``MAX_JSON_DEPTH`` bounds how deeply a payload's arrays/objects may nest (→ 422).
+    ``MAX_JSON_DEPTH`` bounds how deeply a payload's arrays/objects may nest (→ 422);
+    ``MAX_BATCH_BODY_BYTES`` bounds a ``POST /api/v1/tasks/batch`` body (default 16 MiB:
+    1,000 specs of up to ~16 KiB each); ``SSE_HEARTBEAT_S`` is the idle time after
+    which an event stream sends a keep-alive comment (seconds, default 15).
     """
 
     http_host: str = Field("127.0.0.1", alias="HTTP_HOST", min_length=1)
     http_port: int = Field(8080, alias="HTTP_PORT", ge=0, le=65535)
     max_body_bytes: int = Field(1024 * 1024, alias="MAX_BODY_BYTES", ge=1024, le=64 * 1024 * 1024)
     max_json_depth: int = Field(64, alias="MAX_JSON_DEPTH", ge=1, le=128)
+    max_batch_body_bytes: int = Field(
+        16 * 1024 * 1024, alias="MAX_BATCH_BODY_BYTES", ge=1024, le=256 * 1024 * 1024
+    )
+    sse_heartbeat_s: float = Field(15.0, alias="SSE_HEARTBEAT_S", gt=0, le=300)

@@ -1,17 +1,19 @@
-"""Request validation: the submit body, list query parameters, ids and headers.
+"""Request validation: submit and batch bodies, list and wait query parameters, headers.
 
 Everything here is pure (no I/O) and raises :class:`~taskflow_common.http.Problem`:
 400 ``invalid_json`` for a body that is not JSON at all (or empty), 400 ``invalid_id`` /
 ``invalid_cursor`` for malformed path ids and cursors, and 422 ``validation_error``
-listing each offending field for JSON that parses but is not an acceptable request.
+listing each offending field for JSON that parses but is not an acceptable request (a
+batch's problem also carries ``index``, the first bad item).
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, JsonValue, ValidationError
 from pydantic_core import ErrorDetails
@@ -19,6 +21,7 @@ from pydantic_core import ErrorDetails
 from taskflow_common.http import FieldError, Problem, validation_error
 from taskflow_common.store.rows import TASK_STATUSES
 from taskflow_common.store.tasks import (
+    MAX_BATCH,
     MAX_LIST_LIMIT,
     TYPE_PATTERN,
     InvalidCursor,
@@ -32,17 +35,49 @@ TYPE_RULE = "must be 1..128 characters of A-Z a-z 0-9 _ . : -"
 PRIORITY_RULE = "must be one of: " + ", ".join(PRIORITIES)
 STATUS_RULE = "must be one of: " + ", ".join(TASK_STATUSES)
 IDEMPOTENCY_KEY_RULE = "must be 1..255 printable ASCII characters"
+MAX_DELAY_MS = 31_536_000_000
+"""Longest ``delay_ms``: 365 days in milliseconds."""
+MAX_TIMEOUT_S = 86_400.0
+"""Largest per-task ``timeout_s``: one day."""
+MAX_TAGS = 32
+TAG_KEY_CHARS = 128
+TAG_VALUE_CHARS = 512
+MAX_WAIT_MS = 60_000
+"""Longest ``?wait=`` on ``GET /api/v1/tasks/{id}``: 60 s."""
+RUN_AT_RULE = "must be an RFC 3339 date-time with an offset, e.g. 2026-11-29T15:03:28Z"
+DELAY_RULE = f"must be an integer from 0 to {MAX_DELAY_MS} (milliseconds)"
+TIMEOUT_RULE = f"must be a number above 0 and at most {MAX_TIMEOUT_S:g} (seconds)"
+TAGS_RULE = (
+    f"must be an object of at most {MAX_TAGS} string values: keys 1..{TAG_KEY_CHARS} "
+    f"characters without ':', values at most {TAG_VALUE_CHARS} characters, no \\u0000"
+)
+TAG_QUERY_RULE = (
+    f"must be key:value (key 1..{TAG_KEY_CHARS} characters, value at most "
+    f"{TAG_VALUE_CHARS}, no \\u0000)"
+)
+WAIT_RULE = "must be a duration like 500ms or 30s, at most 60s"
 DEFAULT_LIST_LIMIT = 50
-LIST_PARAMS = ("status", "type", "priority", "limit", "cursor")
+LIST_PARAMS = ("status", "type", "priority", "tag", "limit", "cursor")
+GET_PARAMS = ("wait",)
 
 _PRINTABLE_ASCII = re.compile(r"^[\x20-\x7e]{1,255}$")
+_RFC3339 = re.compile(r"^\d{4}-\d{2}-\d{2}[Tt]\d{2}:\d{2}:\d{2}(\.\d{1,9})?([Zz]|[+-]\d{2}:\d{2})$")
+_TAG_KEY = rf"^[^:\x00]{{1,{TAG_KEY_CHARS}}}$"
+_TAG_VALUE = rf"^[^\x00]{{0,{TAG_VALUE_CHARS}}}$"
+_WAIT = re.compile(r"^(\d{1,6})(ms|s)$")
+
+TagKey = Annotated[str, Field(pattern=_TAG_KEY)]
+TagValue = Annotated[str, Field(pattern=_TAG_VALUE)]
 
 
 class SubmitBody(BaseModel):
     """The ``POST /api/v1/tasks`` body, decoded strictly (no coercion, no extra keys).
 
     ``{"type": str, "payload": JSON (default {}), "priority": "high"|"normal"|"low"
-    (default "normal"), "max_attempts": 1..100 (default WORKER_MAX_ATTEMPTS)}``.
+    (default "normal"), "max_attempts": 1..100 (default WORKER_MAX_ATTEMPTS),
+    "run_at": RFC 3339 (past = now) | "delay_ms": 0..31,536,000,000 (not both),
+    "timeout_s": (0, 86400] seconds (default WORKER_TASK_TIMEOUT), "tags": {str: str}}``.
+    ``null`` counts as absent for the optional fields.
     """
 
     model_config = ConfigDict(strict=True, extra="forbid", frozen=True)
@@ -51,28 +86,71 @@ class SubmitBody(BaseModel):
     payload: JsonValue = Field(default_factory=dict)
     priority: Literal["high", "normal", "low"] = "normal"
     max_attempts: int | None = Field(None, ge=1, le=100)
+    run_at: str | None = Field(None, pattern=_RFC3339.pattern)
+    delay_ms: int | None = Field(None, ge=0, le=MAX_DELAY_MS)
+    timeout_s: float | None = Field(None, gt=0, le=MAX_TIMEOUT_S, allow_inf_nan=False)
+    tags: dict[TagKey, TagValue] | None = Field(None, max_length=MAX_TAGS)
+
+
+class BatchItem(SubmitBody):
+    """One spec of a batch: a submit body plus its own optional ``idempotency_key``."""
+
+    idempotency_key: str | None = Field(None, pattern=_PRINTABLE_ASCII.pattern)
+
+
+class BatchBody(BaseModel):
+    """The ``POST /api/v1/tasks/batch`` body: ``{"tasks": [BatchItem, ...]}`` (1..1000)."""
+
+    model_config = ConfigDict(strict=True, extra="forbid", frozen=True)
+
+    tasks: list[BatchItem] = Field(min_length=1, max_length=MAX_BATCH)
 
 
 _FIELDS = ", ".join(SubmitBody.model_fields)
+_ITEM_FIELDS = ", ".join(BatchItem.model_fields)
+_RULES = {
+    "type": TYPE_RULE,
+    "priority": PRIORITY_RULE,
+    "max_attempts": "must be an integer from 1 to 100",
+    "run_at": RUN_AT_RULE,
+    "delay_ms": DELAY_RULE,
+    "timeout_s": TIMEOUT_RULE,
+    "tags": TAGS_RULE,
+    "idempotency_key": IDEMPOTENCY_KEY_RULE,
+}
 
 
-def _field_message(err: ErrorDetails) -> tuple[str, str]:
+def _path(loc: tuple[int | str, ...]) -> str:
+    """``("tasks", 3, "tags", "k")`` -> ``tasks[3].tags.k``."""
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif part != "[key]":
+            out += f".{part}" if out else str(part)
+    return out or "body"
+
+
+def _field_message(err: ErrorDetails, batch: bool) -> tuple[str, str]:
     loc = err["loc"]
-    name = ".".join(str(part) for part in loc) if loc else "body"
     kind = err["type"]
-    top = str(loc[0]) if loc else ""
-    if kind == "model_type":
-        return "body", "must be a JSON object"
+    # Inside a batch the spec's own fields start after ("tasks", index).
+    in_item = len(loc) >= 2 and loc[0] == "tasks" and isinstance(loc[1], int)
+    spec_loc = loc[2:] if in_item else loc
+    name = _path(loc)
+    top = str(spec_loc[0]) if spec_loc else ""
+    if kind in ("model_type", "model_attributes_type", "dict_type") and not spec_loc:
+        return name, "must be a JSON object"
     if kind == "missing":
         return name, "is required"
     if kind == "extra_forbidden":
-        return name, f"unknown field (allowed: {_FIELDS})"
-    if top == "type":
-        return name, TYPE_RULE
-    if top == "priority":
-        return name, PRIORITY_RULE
-    if top == "max_attempts":
-        return name, "must be an integer from 1 to 100"
+        allowed = _ITEM_FIELDS if in_item else "tasks" if batch else _FIELDS
+        return name, f"unknown field (allowed: {allowed})"
+    if loc == ("tasks",) or (loc and loc[0] == "tasks" and not in_item):
+        return "tasks", f"must be an array of 1 to {MAX_BATCH} task specs"
+    if top in _RULES:
+        # tags errors name the tags object, not the (possibly odd) key.
+        return (_path(loc[: len(loc) - len(spec_loc) + 1]) if top == "tags" else name), _RULES[top]
     return name, err["msg"]
 
 
@@ -98,19 +176,71 @@ def parse_submit(
         body = SubmitBody.model_validate_json(raw)
     except ValidationError as exc:
         raise _problem_from(exc, raw, max_depth) from None
-    problems = json_problems(body.payload, "payload", max_depth)
+    problems = _spec_problems(body, "", max_depth)
     if problems:
-        raise validation_error([FieldError(f, m) for f, m in problems])
+        raise validation_error(problems)
+    return _spec(body, idempotency_key, default_max_attempts)
+
+
+def parse_batch(raw: bytes, *, default_max_attempts: int, max_depth: int) -> list[TaskSpec]:
+    """Decode and check a batch body; return one :class:`TaskSpec` per item, in order.
+
+    Raises :class:`Problem` 400 ``invalid_json`` or 422 ``validation_error`` whose
+    ``errors`` name fields as ``tasks[<index>].<field>`` and whose ``index`` member is
+    the lowest item index among them (absent when only the body itself is wrong, e.g.
+    no ``tasks``). Shape and type errors of every item are reported together; payload
+    and date checks run once those pass.
+    """
+    if not raw.strip():
+        raise Problem(400, "invalid_json", "the request body is empty; send a JSON object")
+    try:
+        body = BatchBody.model_validate_json(raw)
+    except ValidationError as exc:
+        raise _problem_from(exc, raw, max_depth, batch=True) from None
+    problems: list[FieldError] = []
+    first_bad: int | None = None
+    for index, item in enumerate(body.tasks):
+        found = _spec_problems(item, f"tasks[{index}].", max_depth)
+        if found and first_bad is None:
+            first_bad = index
+        problems += found
+    if problems:
+        raise validation_error(problems, {"index": first_bad})
+    return [_spec(item, item.idempotency_key, default_max_attempts) for item in body.tasks]
+
+
+def _spec_problems(body: SubmitBody, prefix: str, max_depth: int) -> list[FieldError]:
+    """What pydantic cannot check: a storable payload, a real date, one of run_at/delay_ms."""
+    problems = [
+        FieldError(f, m) for f, m in json_problems(body.payload, f"{prefix}payload", max_depth)
+    ]
+    if body.run_at is not None:
+        try:
+            dt.datetime.fromisoformat(body.run_at.upper())
+        except ValueError:
+            problems.append(FieldError(f"{prefix}run_at", RUN_AT_RULE))
+        if body.delay_ms is not None:
+            problems.append(FieldError(f"{prefix}delay_ms", "give run_at or delay_ms, not both"))
+    return problems
+
+
+def _spec(body: SubmitBody, idempotency_key: str | None, default_max_attempts: int) -> TaskSpec:
     return TaskSpec(
         type=body.type,
         payload=body.payload,
         priority=body.priority,
         max_attempts=body.max_attempts or default_max_attempts,
         idempotency_key=idempotency_key,
+        timeout_s=body.timeout_s,
+        tags=body.tags or None,
+        run_at=dt.datetime.fromisoformat(body.run_at.upper()) if body.run_at else None,
+        delay_s=body.delay_ms / 1000 if body.delay_ms is not None else None,
     )
 
 
-def _problem_from(exc: ValidationError, raw: bytes, max_depth: int) -> Problem:
+def _problem_from(
+    exc: ValidationError, raw: bytes, max_depth: int, *, batch: bool = False
+) -> Problem:
     errors = exc.errors(include_url=False, include_input=False)
     invalid = [e for e in errors if e["type"] == "json_invalid"]
     if invalid:
@@ -120,7 +250,42 @@ def _problem_from(exc: ValidationError, raw: bytes, max_depth: int) -> Problem:
             where = "payload" if raw.lstrip().startswith(b"{") else "body"
             return validation_error([FieldError(where, f"nested deeper than {max_depth} levels")])
         return Problem(400, "invalid_json", f"the request body is not valid JSON: {message}")
-    return validation_error([FieldError(*_field_message(e)) for e in errors])
+    fields: list[FieldError] = []
+    for err in errors:
+        field = FieldError(*_field_message(err, batch))
+        if field not in fields:  # several errors inside one tags object read as one
+            fields.append(field)
+    indexes = [
+        loc[1]
+        for e in errors
+        if len(loc := e["loc"]) >= 2 and loc[0] == "tasks" and isinstance(loc[1], int)
+    ]
+    return validation_error(fields, {"index": min(indexes)} if indexes else None)
+
+
+def parse_wait(params: Mapping[str, Any]) -> float | None:
+    """Return ``?wait=`` of ``GET /api/v1/tasks/{id}`` in seconds (None when absent).
+
+    Accepts ``<n>ms`` or ``<n>s`` up to 60 s (``0s`` answers at once). Anything else,
+    and any other parameter, is 422 ``validation_error``.
+    """
+    errors = [
+        FieldError(name, f"unknown parameter (allowed: {', '.join(GET_PARAMS)})")
+        for name in params
+        if name not in GET_PARAMS
+    ]
+    value = params.get("wait")
+    seconds: float | None = None
+    if value is not None:
+        match = _WAIT.match(value) if isinstance(value, str) else None
+        millis = (int(match[1]) * (1 if match[2] == "ms" else 1000)) if match else -1
+        if 0 <= millis <= MAX_WAIT_MS:
+            seconds = millis / 1000
+        else:
+            errors.append(FieldError("wait", WAIT_RULE))
+    if errors:
+        raise validation_error(errors)
+    return seconds
 
 
 def check_content_type(value: str | None) -> None:
@@ -159,22 +324,41 @@ class ListQuery:
     priority: str | None = None
     limit: int = DEFAULT_LIST_LIMIT
     cursor: str | None = None
+    tags: Mapping[str, str] | None = None
+    matches_nothing: bool = False
+    """Two ``tag`` filters give one key two values: no task can match."""
 
 
 def parse_list_query(params: Mapping[str, Any]) -> ListQuery:
     """Validate the list query string (Falcon's ``req.params``).
 
-    Each parameter may appear once. Unknown parameters, unknown filter values and a
-    ``limit`` outside 1..200 are 422 ``validation_error`` naming the parameter; a
-    cursor this API did not issue is 400 ``invalid_cursor``.
+    Each parameter may appear once, except ``tag=key:value`` which may repeat (every
+    tag must match; the key ends at the first ``:``; one key given twice with two
+    values matches nothing). Unknown parameters, unknown filter values, a malformed
+    tag and a ``limit`` outside 1..200 are 422 ``validation_error`` naming the
+    parameter; a cursor this API did not issue is 400 ``invalid_cursor``.
     """
     errors: list[FieldError] = []
     values: dict[str, str] = {}
+    tags: dict[str, str] = {}
+    conflicting = False
     for name, value in params.items():
         if name not in LIST_PARAMS:
             errors.append(
                 FieldError(name, f"unknown parameter (allowed: {', '.join(LIST_PARAMS)})")
             )
+        elif name == "tag":
+            for text in [value] if isinstance(value, str) else value:
+                key, sep, tag_value = text.partition(":")
+                if (
+                    not sep
+                    or not 1 <= len(key) <= TAG_KEY_CHARS
+                    or len(tag_value) > TAG_VALUE_CHARS
+                    or "\x00" in text
+                ):
+                    errors.append(FieldError("tag", TAG_QUERY_RULE))
+                elif tags.setdefault(key, tag_value) != tag_value:
+                    conflicting = True
         elif not isinstance(value, str):
             errors.append(FieldError(name, "give this parameter at most once"))
         else:
@@ -208,4 +392,4 @@ def parse_list_query(params: Mapping[str, Any]) -> ListQuery:
             decode_cursor(cursor)
         except InvalidCursor as exc:
             raise Problem(400, "invalid_cursor", str(exc)) from None
-    return ListQuery(status, task_type, priority, limit, cursor)
+    return ListQuery(status, task_type, priority, limit, cursor, tags or None, conflicting)

@@ -1,4 +1,5 @@
-"""Task SQL for the API side: submit (with Idempotency-Key), read, executions, list.
+"""Task SQL for the API side: submit (single or batch, with Idempotency-Key), read,
+executions, list (with tag filters), cancel.
 
 Every function takes an open asyncpg connection (pooled or the caller's own, inside a
 transaction or not) and returns ``asyncpg.Record`` rows whose columns match
@@ -28,20 +29,41 @@ from typing import Any
 import asyncpg
 import orjson
 
-from taskflow_common.errors import IdempotencyKeyReused, NotFoundError, TaskFlowError
-from taskflow_common.store.rows import TASK_COLUMNS
+from taskflow_common.errors import (
+    IdempotencyKeyReused,
+    InvalidStateError,
+    NotFoundError,
+    TaskFlowError,
+)
+from taskflow_common.store.rows import TASK_COLUMNS, TERMINAL_STATUSES
 from taskflow_common.subjects import Priority
 from taskflow_common.tracing import current_traceparent
 
 INT64_MIN = -(2**63)
 INT64_MAX = 2**63 - 1
 MAX_LIST_LIMIT = 200
+MAX_BATCH = 1000
+"""Most task specs :func:`submit_batch` takes in one call."""
+CANCELLABLE_STATUSES = ("queued", "retrying", "processing")
+"""Task statuses :func:`cancel` accepts; a terminal task is a 409 ``invalid_state``."""
 TYPE_PATTERN = re.compile(r"^[A-Za-z0-9_.:-]{1,128}$")
 """What ``tasks.type`` accepts (the same CHECK as migrations/0001_tasks.sql)."""
 
 
 class InvalidCursor(TaskFlowError, ValueError):
     """A list cursor that this module did not produce (or that was damaged)."""
+
+
+class BatchKeyReused(IdempotencyKeyReused):
+    """Item ``index`` of a batch reuses an ``Idempotency-Key`` with a different spec.
+
+    The key was used before (by an earlier request or an earlier item of the same
+    batch) for a task whose request differs; nothing of the batch is created.
+    """
+
+    def __init__(self, key: str, index: int) -> None:
+        super().__init__(key)
+        self.index = index
 
 
 @dataclass(frozen=True, slots=True)
@@ -255,6 +277,116 @@ async def submit(
     raise TaskFlowError(f"Idempotency-Key {spec.idempotency_key!r}: row kept disappearing")
 
 
+# -- batch submit -----------------------------------------------------------------------
+
+# One statement for the whole batch: parallel arrays, unnested in request order. Payloads
+# and tags travel as JSON text (one text[] each) and are cast to jsonb in Postgres.
+_INSERT_BATCH = f"""
+INSERT INTO tasks (id, type, payload, priority, status, max_attempts, idempotency_key,
+                   request_hash, timeout_s, tags, trace_parent, run_at)
+SELECT u.id, u.type, u.payload::jsonb, u.priority, 'queued', u.max_attempts,
+       u.idempotency_key, u.request_hash, u.timeout_s,
+       COALESCE(u.tags::jsonb, '{{}}'::jsonb), $12,
+       GREATEST(now(), COALESCE(u.run_at, now())
+                       + COALESCE(u.delay_s, 0) * interval '1 second')
+  FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::int[], $6::text[],
+              $7::bytea[], $8::float8[], $9::text[], $10::timestamptz[], $11::float8[])
+       WITH ORDINALITY AS u(id, type, payload, priority, max_attempts, idempotency_key,
+                            request_hash, timeout_s, tags, run_at, delay_s, n)
+ ORDER BY u.n
+ON CONFLICT (idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
+RETURNING {TASK_COLUMNS}
+"""  # noqa: S608 - TASK_COLUMNS is a constant; values are parameters
+
+_BY_KEYS = (
+    f"SELECT {TASK_COLUMNS}, request_hash, idempotency_key FROM tasks "  # noqa: S608 - constant columns
+    "WHERE idempotency_key = ANY($1::text[])"
+)
+
+
+async def submit_batch(
+    conn: asyncpg.Connection, specs: Sequence[TaskSpec], *, trace_parent: str | None = None
+) -> list[tuple[asyncpg.Record, bool]]:
+    """Insert every task of ``specs`` in one transaction; return ``(row, created)`` in order.
+
+    One multi-row ``INSERT ... SELECT FROM unnest(...)`` writes the whole batch (a
+    follow-up SELECT runs only when some items carry an ``Idempotency-Key`` that already
+    exists). Per-item keys behave as :func:`submit`'s: a key seen before with the same
+    request hash gives that task back with ``created=False``; an item repeating an
+    earlier item's key (same spec) gets the earlier item's task. Raises
+    :class:`BatchKeyReused` (carrying the lowest offending ``index``) when a key was
+    used for a different request; the transaction then rolls back and nothing of the
+    batch exists. Raises ``ValueError`` unless 1 <= len(specs) <= :data:`MAX_BATCH`.
+    Runs in a transaction of its own, or as a savepoint inside the caller's.
+    """
+    if not 1 <= len(specs) <= MAX_BATCH:
+        raise ValueError(f"a batch holds 1..{MAX_BATCH} tasks, not {len(specs)}")
+    parent = trace_parent if trace_parent is not None else current_traceparent()
+    ids = [uuid.uuid4() for _ in specs]
+    hashes = [s.request_hash() if s.idempotency_key is not None else None for s in specs]
+    results: list[tuple[asyncpg.Record, bool] | None] = [None] * len(specs)
+    pending = list(range(len(specs)))
+    async with conn.transaction():
+        # The loop only repeats if a conflicting row vanished between INSERT and SELECT.
+        for _ in range(3):
+            rows = await conn.fetch(
+                _INSERT_BATCH, *_batch_columns(specs, ids, hashes, pending), parent
+            )
+            inserted = {r["id"]: r for r in rows}
+            conflicted = []
+            for i in pending:
+                row = inserted.get(ids[i])
+                if row is not None:
+                    results[i] = (row, True)
+                else:
+                    conflicted.append(i)
+            if not conflicted:
+                break
+            keys = sorted({k for i in conflicted if (k := specs[i].idempotency_key)})
+            existing = {r["idempotency_key"]: r for r in await conn.fetch(_BY_KEYS, keys)}
+            pending = []
+            for i in conflicted:
+                key = specs[i].idempotency_key
+                assert key is not None  # only keyed rows can conflict
+                found = existing.get(key)
+                if found is None:
+                    pending.append(i)
+                elif found["request_hash"] != hashes[i]:
+                    raise BatchKeyReused(key, i)
+                else:
+                    results[i] = (found, False)
+            if not pending:
+                break
+        else:
+            raise TaskFlowError("batch submit: conflicting rows kept disappearing")
+    done = [r for r in results if r is not None]
+    assert len(done) == len(specs)
+    return done
+
+
+def _batch_columns(
+    specs: Sequence[TaskSpec],
+    ids: Sequence[uuid.UUID],
+    hashes: Sequence[bytes | None],
+    which: Sequence[int],
+) -> tuple[list[Any], ...]:
+    """The parallel arrays of :data:`_INSERT_BATCH` for the items ``which`` ($1..$11)."""
+    chosen = [specs[i] for i in which]
+    return (
+        [ids[i] for i in which],
+        [s.type for s in chosen],
+        [orjson.dumps(s.payload).decode() for s in chosen],
+        [s.priority for s in chosen],
+        [s.max_attempts for s in chosen],
+        [s.idempotency_key for s in chosen],
+        [hashes[i] for i in which],
+        [s.timeout_s for s in chosen],
+        [orjson.dumps(dict(s.tags)).decode() if s.tags else None for s in chosen],
+        [s.run_at for s in chosen],
+        [s.delay_s for s in chosen],
+    )
+
+
 _GET = f"SELECT {TASK_COLUMNS} FROM tasks WHERE id = $1"  # noqa: S608 - constant columns
 
 
@@ -287,6 +419,75 @@ async def executions(conn: asyncpg.Connection, task_id: uuid.UUID) -> list[async
     if not rows:
         raise NotFoundError(f"task {task_id} not found")
     return [r for r in rows if r["id"] is not None]
+
+
+# -- cancel ----------------------------------------------------------------------------
+
+CANCEL_REASON = "cancelled by request"
+
+_CANCEL = f"""
+UPDATE tasks
+   SET status = 'cancelled', dispatch_pending = false, finished_at = now(),
+       version = version + 1, updated_at = now()
+ WHERE id = $1 AND status = ANY($2::text[])
+RETURNING {TASK_COLUMNS}
+"""  # noqa: S608 - constant columns
+
+_CLOSE_RUNNING = """
+UPDATE task_executions
+   SET status = 'cancelled', error = $3, finished_at = now(),
+       duration_ms = extract(epoch FROM now() - started_at) * 1000
+ WHERE task_id = $1 AND attempt = $2 AND status = 'started'
+RETURNING attempt
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class Cancelled:
+    """Result of :func:`cancel`: the task row, and the attempt that was running, if any.
+
+    ``stopped_attempt`` is the attempt whose execution this cancel closed as
+    ``cancelled``: its worker must be told to stop the handler (a ``CancelRequest``).
+    """
+
+    task: asyncpg.Record
+    stopped_attempt: int | None
+
+
+async def cancel(conn: asyncpg.Connection, task_id: uuid.UUID) -> Cancelled:
+    """Cancel a queued, retrying or processing task; return the :class:`Cancelled`.
+
+    1. The task becomes ``cancelled`` (``dispatch_pending`` cleared, so the dispatcher
+       never publishes it; a copy already on the bus is refused by the claim, which
+       requires queued/retrying), fenced on its status. Against a worker recording the
+       running attempt, the row lock decides: if the worker's success or failure commits
+       first the task is terminal and this raises 409; if the cancel commits first the
+       worker's statement (fenced on ``status='processing'`` and the attempt) matches
+       nothing.
+    2. Then, in its own statement, the running attempt (if any) is closed as
+       ``cancelled``. Separate on purpose: the worker's failure path locks the
+       execution row before the task row, so holding both here could deadlock. A
+       worker failure recorded between the two leaves that attempt ``failed``, which is
+       what happened to it.
+
+    Call it outside a transaction (each statement commits on its own). Raises
+    :class:`NotFoundError` for an unknown task and :class:`InvalidStateError` (409
+    ``invalid_state``) for a task that is already completed, failed or cancelled.
+    """
+    row = await conn.fetchrow(_CANCEL, task_id, list(CANCELLABLE_STATUSES))
+    if row is None:
+        status = await conn.fetchval("SELECT status FROM tasks WHERE id = $1", task_id)
+        if status is None:
+            raise NotFoundError(f"task {task_id} not found")
+        assert status in TERMINAL_STATUSES
+        raise InvalidStateError(
+            f"task {task_id} is {status}; only queued, retrying or processing tasks "
+            "can be cancelled"
+        )
+    stopped = None
+    if row["attempts"] > 0:
+        stopped = await conn.fetchval(_CLOSE_RUNNING, task_id, row["attempts"], CANCEL_REASON)
+    return Cancelled(row, stopped)
 
 
 # -- listing ------------------------------------------------------------------------
@@ -336,10 +537,14 @@ async def list_tasks(
     status: str | None = None,
     type: str | None = None,
     priority: str | None = None,
+    tags: Mapping[str, str] | None = None,
     limit: int = 50,
     cursor: str | None = None,
 ) -> Page:
     """Return tasks newest first (``created_at DESC, id DESC``), filtered by equality.
+
+    ``tags`` keeps tasks holding every given key with the given value (``tags @> $n``,
+    served by the ``tasks_tags`` GIN index); other tags of a task do not matter.
 
     Keyset pagination: ``cursor`` (from a previous :class:`Page`) continues strictly
     after the last row returned, so rows inserted meanwhile never shift a page (new rows
@@ -357,6 +562,9 @@ async def list_tasks(
         if value is not None:
             args.append(value)
             where.append(f"{column} = ${len(args)}")
+    if tags:
+        args.append(dict(tags))
+        where.append(f"tags @> ${len(args)}::jsonb")
     if cursor is not None:
         after_at, after_id = decode_cursor(cursor)
         args += [after_at, after_id]
