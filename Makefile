@@ -36,7 +36,7 @@ $(BIN)/python:
 
 venv: $(BIN)/python ## Create .venv (Python 3.11+)
 
-$(STAMP): $(BIN)/python constraints.txt libs/taskflow_common/pyproject.toml $(SERVICE_PROJECTS)
+$(STAMP): $(BIN)/python constraints.txt libs/taskflow_common/pyproject.toml libs/taskflow_client/pyproject.toml $(SERVICE_PROJECTS)
 	$(if $(MISSING_SERVICES),@echo "warning: no pyproject.toml yet for: $(MISSING_SERVICES); not installed" >&2)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -c constraints.txt \
 	  -e 'libs/taskflow_common[devstack]' \
@@ -81,8 +81,9 @@ lint: install ## ruff check, ruff format --check, hadolint on the service Docker
 	$(BIN)/ruff format --check .
 	$(if $(DOCKERFILES),$(BIN)/hadolint $(DOCKERFILES),@echo "no services/*/Dockerfile yet; hadolint skipped")
 
-bench: ## Benchmarks (not yet implemented)
-	@echo "bench: not yet implemented"
+bench: install ## Benchmarks (issue 5): BENCH_N=10000 BENCH_RUNS=3; table + .bench/latest.json; BENCH_PROFILE=1 adds py-spy
+	$(if $(filter-out 0,$(BENCH_PROFILE)),$(BIN)/python -m pip install --quiet --disable-pip-version-check -c constraints.txt py-spy)
+	$(BIN)/python -m tests.bench
 
 chaos: install ## Chaos soak: load + random faults for CHAOS_SECONDS (180), then check I1-I6
 	$(BIN)/python -m tests.chaos.chaos
