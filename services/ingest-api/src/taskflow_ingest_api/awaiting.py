@@ -38,7 +38,8 @@ CLOSE_GRACE_S = 2.0
 class TaskResource:
     """``/api/v1/tasks/{task_id}``: one task, optionally once it is finished."""
 
-    def __init__(self, deps: Deps) -> None:
+    def __init__(self, settings: ApiSettings, deps: Deps) -> None:
+        self._max_wait_s = settings.long_poll_max_s
         self._deps = deps
 
     async def on_get(
@@ -48,11 +49,13 @@ class TaskResource:
 
         The long poll answers as soon as the task is completed, failed or cancelled,
         or when the wait ends, with the state at that moment (200 either way; the
-        status tells which). 400 ``invalid_id``, 404 ``not_found``, 422 for a bad or
-        unknown parameter.
+        status tells which). The wait is cut to ``LONG_POLL_MAX_S`` when that is lower.
+        400 ``invalid_id``, 404 ``not_found``, 422 for a bad or unknown parameter.
         """
         tid = parse_uuid(task_id)
         wait_s = parse_wait(req.params)
+        if wait_s:
+            wait_s = min(wait_s, self._max_wait_s)
         if not wait_s:
             row = await self._read(tid)
         else:
@@ -87,6 +90,7 @@ class EventsResource:
 
     def __init__(self, settings: ApiSettings, deps: Deps) -> None:
         self._heartbeat_s = settings.sse_heartbeat_s
+        self._max_s = settings.sse_max_s or None
         self._deps = deps
 
     async def on_get(
@@ -99,8 +103,9 @@ class EventsResource:
         ``attempt`` event per new or changed attempt, then a ``state`` event if the task
         changed. Changes closer together than one read may arrive as their latest
         state only. Ends after a terminal state (once its last attempt is closed, or
-        after :data:`CLOSE_GRACE_S`), when the API shuts down, or when Postgres is
-        unreachable (the client reconnects). A ``: keep-alive`` comment is sent after
+        after :data:`CLOSE_GRACE_S`), after ``SSE_MAX_S`` if set, when the API shuts
+        down, or when Postgres is unreachable (the client reconnects and starts over
+        from the current state). A ``: keep-alive`` comment is sent after
         ``SSE_HEARTBEAT_S`` (default 15) seconds without an event. 400/404 as problems
         before the stream starts.
         """
@@ -133,17 +138,20 @@ class EventsResource:
                 seen[attempt["attempt"]] = attempt["status"]
                 yield _event("attempt", execution_json(attempt))
             version = task["version"], task["status"]
-            close_by: float | None = None
+            close_by = None if self._max_s is None else loop.time() + self._max_s
             next_beat = loop.time() + self._heartbeat_s
             while not events.closing:
                 if task["status"] in TERMINAL_STATUSES:
                     if all(a["status"] != "started" for a in attempts):
                         return
-                    close_by = close_by or loop.time() + CLOSE_GRACE_S
+                    grace_end = loop.time() + CLOSE_GRACE_S
+                    close_by = grace_end if close_by is None else min(close_by, grace_end)
+                if close_by is not None and loop.time() >= close_by:
+                    return
                 wake_at = next_beat if close_by is None else min(next_beat, close_by)
                 if not await waiter.changed(wake_at - loop.time()):
-                    if close_by is not None and loop.time() >= close_by:
-                        return
+                    if loop.time() < next_beat:
+                        continue  # close_by came first
                     yield falcon.asgi.SSEvent(comment="keep-alive")
                     next_beat = loop.time() + self._heartbeat_s
                     continue

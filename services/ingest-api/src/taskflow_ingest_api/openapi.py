@@ -21,6 +21,7 @@ from taskflow_ingest_api.validation import (
     MAX_DELAY_MS,
     MAX_TAGS,
     MAX_TIMEOUT_S,
+    RFC3339_PATTERN,
     TAG_KEY_CHARS,
     TAG_VALUE_CHARS,
 )
@@ -64,9 +65,15 @@ _UUID = {"type": "string", "format": "uuid"}
 _SCHEMAS: dict[str, Any] = {
     "TaskSpec": {
         "type": "object",
-        "description": "What to run. `null` counts as absent for the optional fields.",
+        "description": "What to run. `null` counts as absent for the optional fields; "
+        "integers are written without a fraction (3, not 3.0).",
         "required": ["type"],
         "additionalProperties": False,
+        # run_at and delay_ms exclude each other (unless one of them is null).
+        "not": {
+            "required": ["run_at", "delay_ms"],
+            "properties": {"run_at": {"type": "string"}, "delay_ms": {"type": "number"}},
+        },
         "properties": {
             "type": {
                 "type": "string",
@@ -84,6 +91,7 @@ _SCHEMAS: dict[str, Any] = {
             "run_at": {
                 "type": ["string", "null"],
                 "format": "date-time",
+                "pattern": RFC3339_PATTERN,
                 "description": "RFC 3339 time of the first run; a past time means now. "
                 "Not together with delay_ms.",
             },
@@ -195,6 +203,30 @@ _SCHEMAS: dict[str, Any] = {
             "finished_at": _nullable(_DATE_TIME),
             "duration_ms": {"type": ["number", "null"], "minimum": 0},
         },
+    },
+    "TaskEvent": {
+        "description": "One Server-Sent Event (per-event schema): `state` carries a Task, "
+        "`attempt` an Execution, as JSON text in `data`.",
+        "type": "object",
+        "required": ["event", "data"],
+        "properties": {
+            "event": {"enum": ["state", "attempt"]},
+            "data": {"type": "string", "contentMediaType": "application/json"},
+        },
+        "oneOf": [
+            {
+                "properties": {
+                    "event": {"const": "state"},
+                    "data": {"contentSchema": _ref("Task")},
+                }
+            },
+            {
+                "properties": {
+                    "event": {"const": "attempt"},
+                    "data": {"contentSchema": _ref("Execution")},
+                }
+            },
+        ],
     },
     "TaskEnvelope": {
         "type": "object",
@@ -466,8 +498,9 @@ def _paths() -> dict[str, Any]:
                     {
                         "name": "cursor",
                         "in": "query",
-                        "description": "next_cursor of the previous page (opaque).",
-                        "schema": {"type": "string"},
+                        "description": "next_cursor of the previous page (opaque; any other "
+                        "value is 400 invalid_cursor).",
+                        "schema": {"type": "string", "pattern": "^[A-Za-z0-9_-]{1,64}$"},
                     },
                 ],
                 "responses": {
@@ -501,7 +534,8 @@ def _paths() -> dict[str, Any]:
                         "in": "query",
                         "description": "Up to 60s (e.g. 500ms, 30s): answer as soon as the "
                         "task is completed, failed or cancelled, or when the wait ends with "
-                        "the state at that moment.",
+                        "the state at that moment. A deployment may cut long waits shorter "
+                        "(LONG_POLL_MAX_S); ask again while the task is not finished.",
                         "schema": {"type": "string", "pattern": "^[0-9]{1,6}(ms|s)$"},
                     },
                 ],
@@ -520,7 +554,7 @@ def _paths() -> dict[str, Any]:
                     "200": {
                         "description": "The event stream",
                         "headers": _request_id(),
-                        "content": {"text/event-stream": {"schema": {"type": "string"}}},
+                        "content": {"text/event-stream": {"schema": _ref("TaskEvent")}},
                     },
                     **_problems(400, 404),
                 },

@@ -333,7 +333,7 @@ def add_routes(
     """Mount every resource on ``app`` under ``/api/v1``."""
     app.add_route(f"{API}/tasks", TasksResource(settings, deps))
     app.add_route(f"{API}/tasks/batch", BatchResource(settings, deps))
-    app.add_route(f"{API}/tasks/{{task_id}}", TaskResource(deps))
+    app.add_route(f"{API}/tasks/{{task_id}}", TaskResource(settings, deps))
     app.add_route(f"{API}/tasks/{{task_id}}/events", EventsResource(settings, deps))
     app.add_route(f"{API}/tasks/{{task_id}}/executions", ExecutionsResource(deps))
     app.add_route(f"{API}/tasks/{{task_id}}/cancel", CancelResource(deps))

@@ -61,7 +61,8 @@ LIST_PARAMS = ("status", "type", "priority", "tag", "limit", "cursor")
 GET_PARAMS = ("wait",)
 
 _PRINTABLE_ASCII = re.compile(r"^[\x20-\x7e]{1,255}$")
-_RFC3339 = re.compile(r"^\d{4}-\d{2}-\d{2}[Tt]\d{2}:\d{2}:\d{2}(\.\d{1,9})?([Zz]|[+-]\d{2}:\d{2})$")
+RFC3339_PATTERN = r"^\d{4}-\d{2}-\d{2}[Tt]\d{2}:\d{2}:\d{2}(\.\d{1,9})?([Zz]|[+-]\d{2}:\d{2})$"
+_RFC3339 = re.compile(RFC3339_PATTERN)
 _TAG_KEY = rf"^[^:\x00]{{1,{TAG_KEY_CHARS}}}$"
 _TAG_VALUE = rf"^[^\x00]{{0,{TAG_VALUE_CHARS}}}$"
 _WAIT = re.compile(r"^(\d{1,6})(ms|s)$")
