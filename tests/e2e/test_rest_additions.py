@@ -16,7 +16,7 @@ from typing import Any
 
 import httpx
 import orjson
-import psutil  # type: ignore[import-untyped]
+import psutil
 import pytest
 
 from tests.support.procs import ServiceFactory
@@ -60,7 +60,9 @@ async def _execution_started(stack: Stack, task_id: str) -> dict[str, Any]:
         execs = await stack.executions(task_id)
         return execs[-1] if execs and execs[-1]["status"] == "started" else None
 
-    return await wait_for(started, 30, interval=0.02, what=f"task {task_id} to start")
+    found = await wait_for(started, 30, interval=0.02, what=f"task {task_id} to start")
+    assert found is not None
+    return dict(found)
 
 
 # -- batch ----------------------------------------------------------------------------------
@@ -71,7 +73,8 @@ async def test_a_batch_of_1000_in_one_request_all_complete(
 ) -> None:
     stack = await Stack(services, env).start(dlq=False, worker_env={"WORKER_CONCURRENCY": "64"})
     try:
-        body = {"tasks": [{"type": "demo", "payload": {"i": i}} for i in range(1000)]}
+        specs: list[dict[str, Any]] = [{"type": "demo", "payload": {"i": i}} for i in range(1000)]
+        body = {"tasks": specs}
         resp = await _post(stack, "/tasks/batch", json=body)
         assert resp.status_code == 201, resp.text
         ids = [item["task"]["id"] for item in resp.json()["items"]]
