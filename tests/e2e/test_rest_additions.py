@@ -290,3 +290,28 @@ async def test_event_stream_of_a_real_run(stack: Stack) -> None:
     assert [a for a in attempts if not a.endswith("started")] == ["1failed", "2succeeded"]
     assert states[-1] == "completed"
     assert seen[-1] == ("state", "completed")
+
+
+async def test_sigterm_answers_parked_long_polls_at_once(
+    env: dict[str, str], services: ServiceFactory
+) -> None:
+    api = await services.start("ingest-api", env)
+    base = f"http://127.0.0.1:{env['HTTP_PORT']}/api/v1"
+    async with httpx.AsyncClient(timeout=30) as client:
+        task = (await client.post(f"{base}/tasks", json={"type": "demo"})).json()["task"]
+        waiting = asyncio.create_task(
+            client.get(f"{base}/tasks/{task['id']}", params={"wait": "60s"})
+        )
+
+        async def parked() -> bool:
+            health = (await client.get(f"{base}/health")).json()
+            return bool(health["checks"]["events"]["waiters"] == 1)
+
+        await wait_for(parked, 10, what="the long poll to park")
+        started = time.monotonic()
+        api.terminate()
+        answer = await asyncio.wait_for(waiting, 10)
+        assert answer.status_code == 200
+        assert answer.json()["task"]["status"] == "queued"
+        assert await api.wait(10) == 0
+        assert time.monotonic() - started < 3, "shutdown waited for the long poll"
