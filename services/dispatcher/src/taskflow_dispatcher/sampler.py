@@ -34,7 +34,7 @@ from taskflow_common.subjects import PRIORITIES
 
 log = get_logger(__name__)
 
-_FAULTS = (UnavailableError, *PG_ERRORS, *NATS_ERRORS)
+_FAULTS: tuple[type[BaseException], ...] = (UnavailableError, *PG_ERRORS, *NATS_ERRORS)
 
 
 class Sampler:
