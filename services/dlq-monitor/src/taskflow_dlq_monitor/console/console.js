@@ -189,7 +189,9 @@ function renderDetail(data) {
       el("td", e.attempt, { class: "num" }),
       el("td", e.status, { class: `status ${e.status}` }),
       el("td", e.worker_id),
-      el("td", e.started_at, { title: e.started_at || "" }),
+      el("td", e.started_at ? new Date(e.started_at).toLocaleTimeString() : "—", {
+        title: e.started_at || "",
+      }),
       el("td", e.duration_ms === null ? "—" : Math.round(e.duration_ms), { class: "num" }),
       el("td", firstLine(e.error), { class: "error", title: e.error || "" }),
     );
