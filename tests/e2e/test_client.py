@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
+
 from taskflow_client import (
     AsyncClient,
     Client,
@@ -27,7 +28,6 @@ from taskflow_client import (
     Unavailable,
     ValidationFailed,
 )
-
 from taskflow_common.devstack.servers import free_port
 from tests.support.procs import ServiceFactory
 from tests.support.stack import Stack

@@ -13,9 +13,9 @@ from collections.abc import AsyncIterator
 
 import asyncpg
 import pytest
+
 from taskflow_client import Conflict, ValidationFailed
 from taskflow_client.enqueue import enqueue
-
 from tests.support.procs import ServiceFactory
 from tests.support.stack import Stack
 

@@ -11,6 +11,7 @@ import uuid
 
 import httpx
 import pytest
+
 from taskflow_client import calls
 from taskflow_client.errors import (
     Conflict,
