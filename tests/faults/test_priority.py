@@ -16,7 +16,7 @@ import pytest
 from tests.faults.conftest import MakeStack
 from tests.support.faults import median, percentile
 from tests.support.invariants import check_invariants
-from tests.support.stack import parse_ts
+from tests.support.stack import Stack, parse_ts
 
 pytestmark = pytest.mark.faults
 
@@ -24,7 +24,8 @@ POLL_S = 1.0
 """WORKER_POLL_TIMEOUT: the longest an idle worker waits before asking NATS again."""
 
 
-async def _wait_s(stack, task_id: str) -> float:  # type: ignore[no-untyped-def]
+async def _wait_s(stack: Stack, task_id: str) -> float:
+    """Seconds from submit to start (both from the database clock)."""
     task = await stack.get(task_id)
     return (parse_ts(task["started_at"]) - parse_ts(task["created_at"])).total_seconds()  # type: ignore[operator]
 
