@@ -52,7 +52,11 @@ async def _health(stack: Stack) -> dict[str, Any]:
 
 
 async def _nats_outage(stack: Stack, nats_server: NatsServer, *, clear_store: bool) -> list[str]:
-    """Stop NATS, check health and submit 5 tasks meanwhile, start it again."""
+    """Stop NATS, check health and submit 6 tasks meanwhile, start it again.
+
+    Five ``demo`` tasks and one that fails for good (``fail``), so the dead-letter path
+    is exercised after the restart too.
+    """
     nats_server.stop()
     went_down = time.monotonic()
     try:
@@ -62,6 +66,7 @@ async def _nats_outage(stack: Stack, nats_server: NatsServer, *, clear_store: bo
 
         await wait_for(reported_down, 10, what="health to report NATS down")
         accepted = [await stack.submit("demo", {"during_outage": i}) for i in range(5)]
+        accepted.append(await stack.submit("fail", {"during_outage": 5}))
         assert all(t["status"] == "queued" for t in accepted)
         health = await _health(stack)
         assert health["status"] == "degraded"
@@ -85,7 +90,8 @@ async def test_nats_restart_while_idle(make_stack: MakeStack, nats_server: NatsS
         await stack.wait_all(ids, timeout=RECOVERY_S)
         report = await check_invariants(stack, ids, deadline_s=10, watcher=watcher)
     report.assert_ok()
-    assert report.statuses["completed"] == len(ids)
+    assert (report.statuses["completed"], report.statuses["failed"]) == (len(ids) - 1, 1)
+    assert report.dead_letters == 1
     assert _pids(stack) == pids
     assert _all_running(stack)
     assert (await _health(stack))["checks"]["nats"]["ok"] is True
@@ -109,7 +115,8 @@ async def test_nats_restart_while_busy(make_stack: MakeStack, nats_server: NatsS
         await stack.wait_all(ids + busy_ids, timeout=RECOVERY_S + 10)
         report = await check_invariants(stack, ids + busy_ids, deadline_s=15, watcher=watcher)
     report.assert_ok()
-    assert report.statuses["completed"] == len(ids + busy_ids)
+    assert report.statuses["completed"] == len(ids + busy_ids) - 1
+    assert report.dead_letters == 1
     assert _pids(stack) == pids
     assert _all_running(stack)
 
@@ -135,7 +142,8 @@ async def test_nats_restart_on_an_empty_store(
         await stack.wait_all(ids + busy_ids, timeout=RECOVERY_S + 10)
         report = await check_invariants(stack, ids + busy_ids, deadline_s=15, watcher=watcher)
     report.assert_ok()
-    assert report.statuses["completed"] == len(ids + busy_ids)
+    assert report.statuses["completed"] == len(ids + busy_ids) - 1
+    assert report.dead_letters == 1
     assert _pids(stack) == pids
     assert _all_running(stack)
 
