@@ -474,16 +474,21 @@ async def cancel(conn: asyncpg.Connection, task_id: uuid.UUID) -> Cancelled:
     :class:`NotFoundError` for an unknown task and :class:`InvalidStateError` (409
     ``invalid_state``) for a task that is already completed, failed or cancelled.
     """
-    row = await conn.fetchrow(_CANCEL, task_id, list(CANCELLABLE_STATUSES))
-    if row is None:
+    # Repeats only if a retry made the task cancellable again between the two reads.
+    for _ in range(3):
+        row = await conn.fetchrow(_CANCEL, task_id, list(CANCELLABLE_STATUSES))
+        if row is not None:
+            break
         status = await conn.fetchval("SELECT status FROM tasks WHERE id = $1", task_id)
         if status is None:
             raise NotFoundError(f"task {task_id} not found")
-        assert status in TERMINAL_STATUSES
-        raise InvalidStateError(
-            f"task {task_id} is {status}; only queued, retrying or processing tasks "
-            "can be cancelled"
-        )
+        if status in TERMINAL_STATUSES:
+            raise InvalidStateError(
+                f"task {task_id} is {status}; only queued, retrying or processing tasks "
+                "can be cancelled"
+            )
+    else:
+        raise TaskFlowError(f"task {task_id}: status kept changing during cancel")
     stopped = None
     if row["attempts"] > 0:
         stopped = await conn.fetchval(_CLOSE_RUNNING, task_id, row["attempts"], CANCEL_REASON)
