@@ -9,7 +9,8 @@ five services as processes, then for ``CHAOS_SECONDS`` (default 180):
   and the injector share them) during the first 85 % of the run: fast (``demo``), slow
   (``test.sleep`` 1-4 s, some longer than ``ack_wait``), flaky (fail once or twice, then
   succeed) and permanently failing (retries exhausted, or a ``PermanentError``); each
-  submission carries an ``Idempotency-Key`` and is retried through outages;
+  submission carries an ``Idempotency-Key`` and is retried through outages; 5 % of the
+  tasks are also cancelled 0-3 s after submission (queued, running or already done);
 - injects a fault every 2-6 s until the end: SIGKILL or SIGTERM of a worker
   (replaced), SIGSTOP of a worker for longer than ``ack_wait`` (a frozen worker whose
   lease expires), SIGKILL of the dispatcher (restarted), NATS killed or stopped and
@@ -59,6 +60,8 @@ ACK_WAIT_S = 3.0
 WORKERS = 3
 LOAD_SHARE = 0.85
 """Tasks are submitted during this share of the run; faults go on until its end."""
+CANCEL_SHARE = 0.05
+"""Share of the submitted tasks the load also tries to cancel, 0-3 s after submitting."""
 DRAIN_S = 120.0
 """After the run, how long every task has to become terminal (I1's deadline)."""
 
@@ -100,6 +103,7 @@ class Load:
     kinds: Counter[str] = field(default_factory=Counter)
     retries: int = 0
     lost: int = 0
+    cancels: int = 0
 
     async def submit(self, kind: Kind, give_up_at: float) -> None:
         """POST one task, retrying with the same Idempotency-Key until accepted."""
@@ -115,8 +119,11 @@ class Load:
                     timeout=10,
                 )
                 if resp.status_code in (200, 201):
-                    self.ids.append(resp.json()["task"]["id"])
+                    task_id = resp.json()["task"]["id"]
+                    self.ids.append(task_id)
                     self.kinds[kind.name] += 1
+                    if self.rng.random() < CANCEL_SHARE:
+                        await self.cancel(task_id, give_up_at)
                     return
             except httpx.HTTPError:
                 pass
@@ -127,6 +134,23 @@ class Load:
                 return
             await asyncio.sleep(delay)  # back off before re-submitting
             delay = min(delay * 2, 2.0)
+
+    async def cancel(self, task_id: str, give_up_at: float) -> None:
+        """Cancel ``task_id`` after 0-3 s (it may be queued, running or already done)."""
+        await asyncio.sleep(self.rng.uniform(0.0, 3.0))  # when the user changes their mind
+        for _ in range(5):
+            try:
+                resp = await self.stack.http.post(
+                    f"{self.stack.api_url}/tasks/{task_id}/cancel", timeout=10
+                )
+            except httpx.HTTPError:
+                resp = None
+            if resp is not None and resp.status_code in (200, 409):
+                self.cancels += resp.status_code == 200
+                return
+            if time.monotonic() > give_up_at:
+                return
+            await asyncio.sleep(0.5)  # back off through an outage
 
     def _prio(self) -> str:
         return self.rng.choices(["high", "normal", "low"], weights=[2, 6, 2])[0]
@@ -334,8 +358,8 @@ async def chaos(seconds: float, rate: float, seed: int, base: Path) -> int:
             )
         say(
             f"checked in {report.elapsed_s:.1f}s: {report.executions} executions, "
-            f"{load.retries} submit retries, {load.lost} submissions never accepted, "
-            f"{w.samples} I6 samples"
+            f"{load.cancels} cancels accepted, {load.retries} submit retries, "
+            f"{load.lost} submissions never accepted, {w.samples} I6 samples"
         )
         if report.violations:
             say(report.describe(limit=40))
