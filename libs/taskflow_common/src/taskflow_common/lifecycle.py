@@ -72,7 +72,9 @@ async def wait_any(stop: asyncio.Event, wake: asyncio.Event | None, timeout_s: f
     if wake is not None:
         waiters.append(asyncio.ensure_future(wake.wait()))
     try:
-        await asyncio.wait(waiters, timeout=max(timeout_s, 0.0), return_when=asyncio.FIRST_COMPLETED)
+        await asyncio.wait(
+            waiters, timeout=max(timeout_s, 0.0), return_when=asyncio.FIRST_COMPLETED
+        )
     finally:
         for w in waiters:
             w.cancel()
