@@ -1,0 +1,398 @@
+"""The scenarios of issue 5, each returning plain figures (numbers keyed by name).
+
+Tasks of a scenario are the rows created after a mark taken on the database clock just
+before it starts (scenarios run one at a time and nothing else submits), so nothing is
+added to the tasks or the requests to tell runs apart. Throughput is timed on the
+database clock too: from the first task's ``created_at`` to the last ``finished_at``.
+
+Every wait is bounded (:class:`BenchError` when a deadline passes or a task fails).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import json
+import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from typing import Any
+
+import psutil
+
+from tests.bench.loadgen import percentile
+from tests.bench.probes import (
+    CpuProbe,
+    PgProbe,
+    nats_varz,
+    pg_request_flights,
+    rss_bytes,
+)
+from tests.bench.stack import BenchStack
+
+TASK_BODY = '{"type":"demo"}'
+POLL_S = 0.1
+
+
+class BenchError(RuntimeError):
+    """A scenario could not finish (deadline, failed task, load generator errors)."""
+
+
+def say(text: str) -> None:
+    """Progress on stderr (the table goes to stdout)."""
+    print(f"[bench {time.strftime('%H:%M:%S')}] {text}", file=sys.stderr, flush=True)
+
+
+async def run_loadgen(
+    url: str, body: str, requests: int, concurrency: int, *, rate: float | None = None
+) -> dict[str, Any]:
+    """Run ``tests.bench.loadgen run`` as its own process; return its JSON summary.
+
+    Raises :class:`BenchError` unless every request was answered 2xx.
+    """
+    argv = [sys.executable, "-m", "tests.bench.loadgen", "run", "--url", url, "--body", body]
+    argv += ["--requests", str(requests), "--concurrency", str(concurrency)]
+    if rate:
+        argv += ["--rate", str(rate)]
+    timeout = 60 + requests / (rate or 100)
+    argv += ["--timeout", str(timeout)]
+    proc = await asyncio.create_subprocess_exec(
+        *argv, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+    )
+    try:
+        out, err = await asyncio.wait_for(proc.communicate(), timeout + 30)
+    except TimeoutError:
+        proc.kill()
+        await proc.wait()
+        raise BenchError(f"load generator did not finish within {timeout + 30:g} s") from None
+    try:
+        summary: dict[str, Any] = json.loads(out.decode().strip().splitlines()[-1])
+    except (ValueError, IndexError):
+        raise BenchError(f"load generator failed: {err.decode()[-2000:]}") from None
+    ok = sum(v for k, v in summary["status"].items() if k.startswith("2"))
+    if ok != requests:
+        raise BenchError(f"load generator: {ok}/{requests} answered 2xx: {summary}")
+    return summary
+
+
+def post_json(url: str, body: bytes, timeout: float = 10.0) -> int:
+    """POST ``body`` once (stdlib client); return the status code."""
+    req = urllib.request.Request(  # noqa: S310 - loopback URL built by the bench
+        url, data=body, headers={"Content-Type": "application/json"}, method="POST"
+    )
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as resp:  # noqa: S310
+            return int(resp.status)
+    except urllib.error.HTTPError as exc:
+        return int(exc.code)
+
+
+@dataclass
+class Scenarios:
+    """Runs scenarios against one :class:`BenchStack` through one :class:`PgProbe`."""
+
+    stack: BenchStack
+    db: PgProbe
+    batch_available: bool = False
+
+    @property
+    def cfg(self) -> Any:
+        return self.stack.config
+
+    # ---- helpers
+
+    async def mark(self) -> dt.datetime:
+        """The database clock now (tasks created from here on belong to the scenario)."""
+        value: dt.datetime = await self.db.value("SELECT clock_timestamp()")
+        return value
+
+    async def wait_finished(
+        self, mark: dt.datetime, n: int, timeout: float, column: str = "completed"
+    ) -> None:
+        """Poll until ``n`` tasks created since ``mark`` are completed (or dispatched).
+
+        ``column="dispatched"`` waits for the dispatcher to have published them instead.
+        Raises :class:`BenchError` if a task failed or ``timeout`` s pass.
+        """
+        if column == "dispatched":
+            sql = "SELECT count(*) FILTER (WHERE NOT dispatch_pending), 0 FROM tasks"
+        else:
+            sql = (
+                "SELECT count(*) FILTER (WHERE status = 'completed'),"
+                " count(*) FILTER (WHERE status IN ('failed', 'cancelled', 'retrying'))"
+                " FROM tasks"
+            )
+        deadline = time.monotonic() + timeout
+        done = 0
+        while time.monotonic() < deadline:
+            row = (await self.db.rows(sql + " WHERE created_at >= $1", mark))[0]
+            done, bad = row[0], row[1]
+            if bad:
+                raise BenchError(f"{bad} tasks failed or were retried; see {self.stack.log_dir}")
+            if done >= n:
+                return
+            await asyncio.sleep(POLL_S)  # polling interval of the bench
+        raise BenchError(f"only {done}/{n} tasks {column} after {timeout:g} s")
+
+    async def span(self, mark: dt.datetime) -> dict[str, float]:
+        """Count and timing of the tasks created since ``mark`` (database clock)."""
+        row = (
+            await self.db.rows(
+                "SELECT count(*) AS n,"
+                " extract(epoch FROM max(t.finished_at) - min(t.created_at))::float8 AS total_s,"
+                " extract(epoch FROM max(t.finished_at) - min(e.started_at))::float8 AS run_s"
+                " FROM tasks t JOIN task_executions e ON e.task_id = t.id AND e.attempt = 1"
+                " WHERE t.created_at >= $1",
+                mark,
+            )
+        )[0]
+        return {"n": row["n"], "total_s": row["total_s"], "run_s": row["run_s"]}
+
+    def timeout_for(self, n: int) -> float:
+        """A generous bound for ``n`` tasks: 60 s plus 20 ms per task."""
+        return 60.0 + n * 0.02
+
+    async def submit(self, n: int, *, batch: bool = False) -> dict[str, Any]:
+        """Submit ``n`` no-op tasks at the bench concurrency (singly or in batches)."""
+        cfg = self.cfg
+        if not batch:
+            return await run_loadgen(f"{self.stack.api_url}/tasks", TASK_BODY, n, cfg.concurrency)
+        size = cfg.batch_size
+        if n % size:
+            raise BenchError(f"BENCH_N={n} must be a multiple of BENCH_BATCH_SIZE={size}")
+        body = '{"tasks":[' + ",".join([TASK_BODY] * size) + "]}"
+        return await run_loadgen(
+            f"{self.stack.api_url}/tasks/batch", body, n // size, cfg.concurrency
+        )
+
+    async def detect_batch(self) -> bool:
+        """True when ``POST /tasks/batch`` creates tasks (201); it creates one no-op task."""
+        status = await asyncio.to_thread(
+            post_json,
+            f"{self.stack.api_url}/tasks/batch",
+            b'{"tasks":[' + TASK_BODY.encode() + b"]}",
+        )
+        self.batch_available = status in (200, 201)
+        return self.batch_available
+
+    def cpu_probe(self) -> CpuProbe:
+        """CPU groups: api, dispatcher, worker (all worker processes), postgres, nats."""
+        s = self.stack
+        groups: dict[str, list[int]] = {
+            "api": [p for p in [s.api.pid if s.api else None] if p],
+            "dispatcher": [p for p in [s.dispatcher.pid if s.dispatcher else None] if p],
+            "worker": [w.pid for w in s.workers if w.pid],
+            "postgres": [p for p in [s.pg_pid()] if p],
+            "nats": [p for p in [s.nats_pid()] if p],
+        }
+        return CpuProbe(groups, trees=["postgres"])
+
+    # ---- scenarios
+
+    async def ceiling(self, noop_url: str) -> dict[str, float]:
+        """The load generator alone against the no-op server."""
+        n = max(self.cfg.n, 20_000)
+        lg = await run_loadgen(noop_url, TASK_BODY, n, self.cfg.concurrency)
+        return {
+            "loadgen_ceiling_req_per_s": lg["req_per_s"],
+            "loadgen_cpu_s_per_1000_req": lg["cpu_s"] / n * 1000,
+        }
+
+    async def burst(self, *, batch: bool = False, cost: bool = False) -> dict[str, float]:
+        """N tasks submitted at concurrency 50 with the workers running; tasks/s.
+
+        With ``cost``: Postgres, NATS and CPU counters around it (see :meth:`_cost`).
+        """
+        n = self.cfg.n
+        before = await self._counters() if cost else None
+        mark = await self.mark()
+        lg = await self.submit(n, batch=batch)
+        await self.wait_finished(mark, n, self.timeout_for(n))
+        span = await self.span(mark)
+        prefix = "batch_burst" if batch else "burst"
+        out = {
+            f"{prefix}_tasks_per_s": n / span["total_s"],
+            f"{prefix}_submit_req_per_s": lg["req_per_s"],
+            f"{prefix}_http_p50_ms": lg["latency_ms"]["p50"],
+            f"{prefix}_http_p99_ms": lg["latency_ms"]["p99"],
+        }
+        if before is not None:
+            out.update(await self._cost(before, n, lg))
+        return out
+
+    async def drain(self) -> dict[str, float]:
+        """N tasks queued (and published) with no worker, then one worker started."""
+        n = self.cfg.n
+        await self.stack.stop_workers()
+        mark = await self.mark()
+        await self.submit(n, batch=self.batch_available)
+        await self.wait_finished(mark, n, self.timeout_for(n), column="dispatched")
+        spawned = await self.mark()
+        await self.stack.start_worker(ready=False)
+        await self.wait_finished(mark, n, self.timeout_for(n))
+        span = await self.span(mark)
+        wall = await self.db.value(
+            "SELECT extract(epoch FROM max(finished_at) - $2::timestamptz)::float8"
+            " FROM tasks WHERE created_at >= $1",
+            mark,
+            spawned,
+        )
+        return {"drain_tasks_per_s": n / span["run_s"], "drain_from_spawn_tasks_per_s": n / wall}
+
+    async def paced(self) -> dict[str, float]:
+        """``paced_rate`` tasks/s for ``paced_seconds``: submit->start and ->completed."""
+        cfg = self.cfg
+        n = max(1, round(cfg.paced_rate * cfg.paced_seconds))
+        mark = await self.mark()
+        lg = await run_loadgen(
+            f"{self.stack.api_url}/tasks", TASK_BODY, n, cfg.concurrency, rate=cfg.paced_rate
+        )
+        await self.wait_finished(mark, n, self.timeout_for(n))
+        rows = await self.db.rows(
+            "SELECT extract(epoch FROM e.started_at - t.created_at)::float8 * 1000 AS start_ms,"
+            " extract(epoch FROM t.finished_at - t.created_at)::float8 * 1000 AS done_ms"
+            " FROM tasks t JOIN task_executions e ON e.task_id = t.id AND e.attempt = 1"
+            " WHERE t.created_at >= $1",
+            mark,
+        )
+        start = sorted(r["start_ms"] for r in rows)
+        done = sorted(r["done_ms"] for r in rows)
+        out = {f"paced_start_{q}_ms": percentile(start, p) for q, p in _QUANTILES}
+        out |= {f"paced_done_{q}_ms": percentile(done, p) for q, p in _QUANTILES}
+        out["paced_http_p50_ms"] = lg["latency_ms"]["p50"]
+        out["paced_http_p99_ms"] = lg["latency_ms"]["p99"]
+        out["paced_late_sends"] = float(lg["late_sends"])
+        return out
+
+    async def rss_growth(self) -> dict[str, float]:
+        """A fresh worker runs ``rss_tasks`` tasks; its RSS after 10 % vs after 100 %."""
+        total = self.cfg.rss_tasks
+        await self.stack.stop_workers()
+        worker = await self.stack.start_worker()
+        assert worker.pid is not None
+        mark = await self.mark()
+        load = asyncio.create_task(
+            run_loadgen(f"{self.stack.api_url}/tasks", TASK_BODY, total, self.cfg.concurrency)
+        )
+        samples: dict[int, int] = {}
+        step = max(1, total // 10)
+        deadline = time.monotonic() + self.timeout_for(total)
+        try:
+            while time.monotonic() < deadline:
+                done = await self.db.value(
+                    "SELECT count(*) FROM tasks WHERE status = 'completed' AND created_at >= $1",
+                    mark,
+                )
+                tenth = min(10, done // step)
+                if tenth >= 1 and tenth not in samples:
+                    rss = rss_bytes(worker.pid)
+                    if rss is None:
+                        raise BenchError(f"worker exited; see {worker.log_path}")
+                    samples[tenth] = rss
+                    say(f"rss: {done}/{total} tasks done, worker RSS {rss / 2**20:.1f} MiB")
+                if done >= total:
+                    break
+                await asyncio.sleep(0.5)  # sampling interval
+            else:
+                raise BenchError(f"RSS scenario: not done within {self.timeout_for(total):g} s")
+            await load
+        finally:
+            if not load.done():
+                load.cancel()
+        first = samples[min(samples)]
+        last = samples[max(samples)]
+        return {
+            "worker_rss_growth_pct": (last - first) / first * 100,
+            "worker_rss_at_10pct_mib": first / 2**20,
+            "worker_rss_at_100pct_mib": last / 2**20,
+            "worker_rss_tasks": float(total),
+        }
+
+    # ---- cost
+
+    async def _counters(self) -> dict[str, Any]:
+        """Settle (Postgres flushes idle backends' stats after up to 10 s), then read all,
+        measuring the idle background over the settle period."""
+        cpu = self.cpu_probe()
+        idle0 = self._live(cpu)
+        await asyncio.sleep(self.cfg.settle_s)  # let every backend flush its stats
+        idle1 = self._live(cpu)
+        pg = await self.db.counters()
+        live = self._live(cpu)
+        live["pg"] = pg
+        live["cpu_probe"] = cpu
+        live["idle"] = {
+            k: (idle1[k] - idle0[k]) / (idle1["t"] - idle0["t"])
+            for k in ("flights", "nats_msgs")
+            if idle0[k] is not None and idle1[k] is not None
+        }
+        return live
+
+    def _live(self, cpu: CpuProbe) -> dict[str, Any]:
+        varz = nats_varz(self.stack.nats_monitor_url)
+        return {
+            "t": time.monotonic(),
+            "flights": pg_request_flights(self.stack.pg_port, [self.db.local_port]),
+            "nats_msgs": (varz["in_msgs"] + varz["out_msgs"]) if varz else None,
+            "nats_in": varz["in_msgs"] if varz else None,
+            "nats_out": varz["out_msgs"] if varz else None,
+            "cpu": cpu.snapshot(),
+        }
+
+    async def _cost(self, before: dict[str, Any], n: int, lg: dict[str, Any]) -> dict[str, float]:
+        """Per-task costs between ``before`` and now (live counters now, Postgres's
+        statistics after another settle period)."""
+        cpu: CpuProbe = before["cpu_probe"]
+        after = self._live(cpu)
+        await asyncio.sleep(self.cfg.settle_s)  # flush of the backends' statistics
+        pg_after = await self.db.counters()
+        pg0 = before["pg"]
+        # Own queries from the first counters() up to (not including) the second.
+        own = pg_after.own_queries - 1 - (pg0.own_queries - 1)
+        out: dict[str, float] = {
+            "pg_xacts_per_task": (pg_after.xacts - pg0.xacts - own) / n,
+            "pg_write_xacts_per_task": (pg_after.next_xid - pg0.next_xid) / n,
+            "pg_tuple_writes_per_task": (pg_after.tuple_writes - pg0.tuple_writes) / n,
+        }
+        if pg_after.statements is not None and pg0.statements is not None:
+            out["pg_statements_per_task"] = (pg_after.statements - pg0.statements - own) / n
+        window = after["t"] - before["t"]
+        if after["flights"] is not None and before["flights"] is not None:
+            out["pg_round_trips_per_task"] = (after["flights"] - before["flights"]) / n
+            if "flights" in before["idle"]:
+                out["pg_round_trips_idle_per_s"] = before["idle"]["flights"]
+                out["pg_round_trips_idle_share"] = (
+                    before["idle"]["flights"]
+                    * window
+                    / max(1, after["flights"] - before["flights"])
+                )
+        if after["nats_msgs"] is not None and before["nats_msgs"] is not None:
+            out["nats_msgs_per_task"] = (after["nats_msgs"] - before["nats_msgs"]) / n
+            out["nats_in_msgs_per_task"] = (after["nats_in"] - before["nats_in"]) / n
+            out["nats_out_msgs_per_task"] = (after["nats_out"] - before["nats_out"]) / n
+        ours = 0.0
+        for name, value in after["cpu"].items():
+            if name.startswith("machine_") or ":" in name:
+                continue
+            delta = value - before["cpu"][name]
+            ours += delta
+            out[f"cpu_s_per_1000_{name}"] = delta / n * 1000
+            kernel = after["cpu"][f"{name}:sys"] - before["cpu"][f"{name}:sys"]
+            out[f"cpu_kernel_pct_{name}"] = kernel / delta * 100 if delta > 0 else 0.0
+            switches = after["cpu"][f"{name}:cs"] - before["cpu"][f"{name}:cs"]
+            out[f"ctx_switches_per_task_{name}"] = switches / n
+        out["cpu_s_per_1000_loadgen"] = lg["cpu_s"] / n * 1000
+        # What the stack's own CPU per task allows on this machine's cores, were nothing
+        # else running: a noise-free companion to the measured rate.
+        out["cpu_bound_tasks_per_s"] = (psutil.cpu_count() or 1) * n / max(ours, 1e-9)
+        busy = after["cpu"]["machine_busy"] - before["cpu"]["machine_busy"]
+        irq = after["cpu"]["machine_irq"] - before["cpu"]["machine_irq"]
+        out["cpu_s_per_1000_interrupts"] = irq / n * 1000
+        out["cpu_s_per_1000_other_processes"] = max(0.0, busy - irq - ours - lg["cpu_s"]) / n * 1000
+        out["cost_window_s"] = window
+        return out
+
+
+_QUANTILES = (("p50", 0.5), ("p95", 0.95), ("p99", 0.99))
