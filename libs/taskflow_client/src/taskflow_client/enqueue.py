@@ -27,7 +27,7 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-import asyncpg  # type: ignore[import-untyped]
+import asyncpg
 import orjson
 
 from taskflow_client.errors import Conflict, FieldError, ValidationFailed

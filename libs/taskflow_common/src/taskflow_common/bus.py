@@ -66,6 +66,13 @@ TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
 )
 
 
+_CONNECT_ERRORS: tuple[type[BaseException], ...] = (*TRANSIENT_ERRORS, nats.errors.NoServersError)
+_PUBLISH_ERRORS: tuple[type[BaseException], ...] = (
+    *TRANSIENT_ERRORS,
+    nats.js.errors.TooManyStalledMsgsError,
+)
+
+
 class ConsumerGone(TaskFlowError):
     """A pull found its consumer (or stream) missing; the caller should reconcile."""
 
@@ -117,7 +124,7 @@ class Bus:
             connect_timeout=2,
             allow_reconnect=True,
             max_reconnect_attempts=-1,
-            reconnect_time_wait=0.25,
+            reconnect_time_wait=0.25,  # type: ignore[arg-type]  # nats-py annotates int; floats work
             # Notice a dead or frozen server in ~3 s instead of nats-py's default 4 min.
             ping_interval=1,
             max_outstanding_pings=3,
@@ -148,7 +155,7 @@ class Bus:
                 await self._connect_once(name)
             except IncompatibleServerError:
                 raise
-            except (*TRANSIENT_ERRORS, nats.errors.NoServersError) as exc:
+            except _CONNECT_ERRORS as exc:
                 log.warning("nats_unavailable", url=self.settings.nats_url, error=str(exc))
                 self.nc = NATS()
                 if stop is not None:
@@ -170,7 +177,7 @@ class Bus:
         if self.nc.is_connected:
             try:
                 await asyncio.wait_for(self.nc.drain(), timeout=5)
-            except (TimeoutError, *TRANSIENT_ERRORS):
+            except TRANSIENT_ERRORS:  # TimeoutError is one of them
                 await self.nc.close()
         elif not self.nc.is_closed:
             await self.nc.close()
@@ -342,7 +349,7 @@ class Bus:
                         subject, data, headers=dict(headers), wait_stall=timeout_s
                     )
                 )
-            except (*TRANSIENT_ERRORS, nats.js.errors.TooManyStalledMsgsError) as exc:
+            except _PUBLISH_ERRORS as exc:
                 futures.append(exc)
         pending = [f for f in futures if isinstance(f, asyncio.Future)]
         if pending:
@@ -354,12 +361,9 @@ class Bus:
             elif not f.done():
                 f.cancel()
                 out.append(TimeoutError("no PubAck in time"))
-            elif f.exception() is not None:
-                exc = f.exception()
-                assert exc is not None
-                out.append(exc)
             else:
-                out.append(f.result())
+                failure = f.exception()
+                out.append(failure if failure is not None else f.result())
         return out
 
     async def publish(self, subject: str, data: bytes, headers: dict[str, str]) -> api.PubAck:

@@ -132,7 +132,7 @@ async def open_pool(
     finally:
         try:
             await asyncio.wait_for(pool.close(), timeout=5)
-        except (TimeoutError, *TRANSIENT_ERRORS):
+        except TRANSIENT_ERRORS:  # TimeoutError is one of them
             pool.terminate()
 
 

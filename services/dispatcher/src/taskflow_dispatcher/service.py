@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 import asyncpg
@@ -43,12 +43,12 @@ from taskflow_common.metrics import DispatcherMetrics, new_registry
 from taskflow_common.metrics import serve as serve_metrics
 from taskflow_common.store import attempts, outbox
 from taskflow_common.store.rows import rfc3339
-from taskflow_common.subjects import HEADER_MSG_ID, HEADER_TRACEPARENT, Names
+from taskflow_common.subjects import HEADER_MSG_ID, HEADER_TRACEPARENT, PRIORITIES, Names
 from taskflow_dispatcher.sampler import Sampler
 from taskflow_dispatcher.settings import DispatcherSettings
 
 log = get_logger(__name__)
-OUTAGE = (UnavailableError, *PG_ERRORS, *NATS_ERRORS)
+OUTAGE: tuple[type[BaseException], ...] = (UnavailableError, *PG_ERRORS, *NATS_ERRORS)
 
 
 class LeaseTrust:
@@ -156,7 +156,7 @@ class Dispatcher:
             await outbox.mark_dispatched(conn, published)
         self.metrics.published_batch([d.priority for d in published], len(errors))
         if published:
-            await self.bus.ring(sorted({d.priority for d in published}))  # type: ignore[arg-type]
+            await self.bus.ring([p for p in PRIORITIES if any(d.priority == p for d in published)])
             if log.is_enabled(10):
                 for d, span in zip(published, published_spans, strict=True):
                     # In the publish span, so the line carries its trace and span ids.
@@ -379,7 +379,7 @@ class Dispatcher:
 
     async def run(self, stop: asyncio.Event) -> None:
         """Run all loops until ``stop`` is set."""
-        loops: list[Callable[[asyncio.Event], Awaitable[None]]] = [
+        loops: list[Callable[[asyncio.Event], Coroutine[Any, Any, None]]] = [
             self.outbox_loop,
             self.listener_loop,
             self.reaper_loop,

@@ -51,7 +51,7 @@ from taskflow_worker.handlers import PermanentError, TaskContext, load_modules, 
 from taskflow_worker.settings import WorkerSettings
 
 log = get_logger(__name__)
-OUTAGE = (UnavailableError, *PG_ERRORS, *NATS_ERRORS)
+OUTAGE: tuple[type[BaseException], ...] = (UnavailableError, *PG_ERRORS, *NATS_ERRORS)
 
 StopReason = Literal["shutdown", "cancelled", "lease_lost"]
 
@@ -357,7 +357,7 @@ class Worker:
             # Claimed after the shutdown grace ran out (the claim was still on its way
             # to Postgres): give the attempt back without running it.
             return Outcome("interrupted", error="worker shutting down")
-        running.task = asyncio.create_task(fn(ctx, claim.payload))
+        running.task = asyncio.ensure_future(fn(ctx, claim.payload))
         done, _ = await asyncio.wait({running.task}, timeout=timeout)
         if not done:
             running.task.cancel()
@@ -572,7 +572,7 @@ async def _settle(ack: Any) -> None:
     """Await an ack/nak/term; a failure here only means a later redelivery."""
     try:
         await ack
-    except (*NATS_ERRORS, Exception) as exc:
+    except Exception as exc:  # every NATS error is an Exception too
         log.warning("settle_failed", error=repr(exc))
 
 

@@ -71,9 +71,10 @@ async def mark_dispatched(conn: asyncpg.Connection, published: Sequence[Due]) ->
 
 async def next_due_in(conn: asyncpg.Connection) -> float | None:
     """Seconds until the earliest pending task is due (<= 0: now), None when none is."""
-    return await conn.fetchval(
+    value = await conn.fetchval(
         "SELECT extract(epoch FROM min(run_at) - now())::float8 FROM tasks WHERE dispatch_pending"
     )
+    return None if value is None else float(value)
 
 
 async def dispatch_lag(conn: asyncpg.Connection) -> float:
