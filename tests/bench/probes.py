@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import re
 import subprocess
 import urllib.request
@@ -187,9 +188,27 @@ def cpu_seconds(pid: int, *, with_children: bool = False) -> tuple[float, float,
                 ct = p.cpu_times()
                 total += ct.user + ct.system
                 system += ct.system
-            cs = p.num_ctx_switches()
-            switches += cs.voluntary + cs.involuntary
+            switches += context_switches(p.pid)
     return total, system, switches
+
+
+def context_switches(pid: int) -> int:
+    """Voluntary + involuntary context switches of every thread of ``pid`` (0 if gone).
+
+    ``/proc/<pid>/status`` (what psutil reads) counts the main thread only, which in
+    nats-server (Go) is nearly idle; each ``/proc/<pid>/task/<tid>/status`` has its own.
+    """
+    total = 0
+    try:
+        tids = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return 0
+    for tid in tids:
+        with contextlib.suppress(OSError), open(f"/proc/{pid}/task/{tid}/status") as status:
+            for line in status:
+                if "ctxt_switches:" in line:  # voluntary_... and nonvoluntary_...
+                    total += int(line.split(":", 1)[1])
+    return total
 
 
 def rss_bytes(pid: int) -> int | None:
