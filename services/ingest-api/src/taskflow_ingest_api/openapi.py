@@ -13,7 +13,7 @@ import copy
 from functools import cache
 from typing import Any
 
-from taskflow_common.store.rows import EXECUTION_STATUSES, TASK_STATUSES
+from taskflow_common.store.rows import EXECUTION_STATUSES, TASK_FIELDS, TASK_STATUSES
 from taskflow_common.store.tasks import MAX_BATCH, MAX_LIST_LIMIT, TYPE_PATTERN
 from taskflow_common.subjects import PRIORITIES
 from taskflow_ingest_api.validation import (
@@ -134,26 +134,8 @@ _SCHEMAS: dict[str, Any] = {
     },
     "Task": {
         "type": "object",
-        "required": [
-            "id",
-            "type",
-            "payload",
-            "priority",
-            "status",
-            "attempts",
-            "max_attempts",
-            "version",
-            "last_error",
-            "result",
-            "created_at",
-            "updated_at",
-            "started_at",
-            "finished_at",
-            "failed_attempts",
-            "run_at",
-            "timeout_s",
-            "tags",
-        ],
+        # The public fields (store.rows) plus the scheduling fields the API adds.
+        "required": [*TASK_FIELDS, "failed_attempts", "run_at", "timeout_s", "tags"],
         "properties": {
             "id": _UUID,
             "type": {"type": "string"},
