@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import random
 import signal
 import socket
 import time
@@ -26,12 +27,23 @@ class DevStackError(TaskFlowError, RuntimeError):
     """An embedded server could not be set up, started or stopped; the message says why."""
 
 
+# Listening ports are drawn below Linux's default ephemeral range (32768-60999): a port
+# that bind(0) hands out can be taken a moment later by some process's outgoing
+# connection, and then the server we start on it fails with "address already in use".
+_LISTEN_PORTS = (20000, 32767)
+
+
 def free_port() -> int:
     """Return a TCP port on 127.0.0.1 that nothing listens on right now.
 
-    The OS picks it (bind to port 0); another process may still take it before the
-    caller binds, so callers that start a server retry or report the clash.
+    Drawn at random from 20000-32767, outside the ephemeral range the kernel uses for
+    outgoing connections, and checked bindable. Another listener may still take it
+    before the caller binds (unlikely), so callers that start a server report the clash.
     """
+    for _ in range(200):
+        port = random.randint(*_LISTEN_PORTS)
+        if port_is_free(port):
+            return port
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind((HOST, 0))
         return int(sock.getsockname()[1])
