@@ -40,6 +40,9 @@ def storable(text: str) -> str:
 # A message may claim when it carries the task's current dispatch (the dispatcher
 # recorded its publish), or the next one while the dispatcher has not recorded it yet:
 # it can crash between the PubAck and its UPDATE, and then this copy is the only one.
+# The lease counts from the moment the row is written (clock_timestamp()), not from the
+# statement's start (now()): a claim that waited on a lock must not commit with a lease
+# that is already spent, or the reaper abandons an attempt its worker is about to run.
 _CLAIM = """
 WITH t AS (
     UPDATE tasks
@@ -55,7 +58,7 @@ WITH t AS (
            extract(epoch FROM now() - run_at)::float8 AS queue_wait_s
 ), e AS (
     INSERT INTO task_executions (task_id, attempt, status, worker_id, lease_expires_at)
-    SELECT id, attempts, 'started', $3, now() + make_interval(secs => $4) FROM t
+    SELECT id, attempts, 'started', $3, clock_timestamp() + make_interval(secs => $4) FROM t
  RETURNING id
 )
 SELECT t.*, e.id AS execution_id FROM t, e
