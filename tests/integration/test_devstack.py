@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 import os
 import shutil
@@ -27,6 +28,7 @@ from taskflow_common.devstack.servers import (
     port_is_free,
     preferred_port,
 )
+from taskflow_common.devstack.stack import Stack, run
 from tests.support.pg import PgHandle, drop_database
 from tests.support.waiting import wait_for
 
@@ -260,3 +262,26 @@ async def test_cli_servers_prints_urls_and_stops_cleanly_on_sigterm(
         proc.communicate()  # reaps it and closes the pipes
         purge = _devstack(["stop", "--purge", "--run-dir", str(run_dir)], _clean_env(), repo_root)
         await asyncio.to_thread(purge.communicate, timeout=60)
+
+
+def test_a_second_run_refuses_while_the_first_serves(repo_root: Path, tmp_path: Path) -> None:
+    """Two ``make run`` of one checkout: the second stops at once and leaves the first's
+    record (``stack.json``) alone, so ``make stop`` still finds the first's services."""
+    # A stand-in for the first run's API process: alive, its argv naming the service.
+    first = subprocess.Popen(
+        [sys.executable, "-c", "import time; time.sleep(120)", "taskflow-ingest-api"]
+    )
+    try:
+        run_dir = tmp_path / "run"
+        run_dir.mkdir()
+        state = {"services": {"taskflow-ingest-api": first.pid}}
+        (run_dir / "stack.json").write_text(json.dumps(state))
+        out = io.StringIO()
+        stack = Stack(repo=repo_root, environ=_clean_env(), run_dir=run_dir, out=out)
+        assert run(stack) == 1
+        assert f"taskflow-ingest-api pid {first.pid}" in out.getvalue()
+        assert json.loads((run_dir / "stack.json").read_text()) == state
+        assert first.poll() is None  # the first run's process was not touched
+    finally:
+        first.kill()
+        first.wait()

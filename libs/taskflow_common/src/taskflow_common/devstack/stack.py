@@ -295,6 +295,15 @@ class Stack:
         self._update_state("services", {s.name: s.proc.pid for s in self.services})
         return missing
 
+    def recorded_live_services(self) -> dict[str, int]:
+        """Services that ``stack.json`` records and that still run: name -> PID.
+
+        Another ``make run`` of this checkout serves them; a second one must not start
+        beside it (it would truncate the shared logs and lose track of the first's PIDs).
+        """
+        recorded = self.load_state().get("services") or {}
+        return {name: int(pid) for name, pid in recorded.items() if pid_alive(int(pid), name)}
+
     def dead_service(self) -> Service | None:
         """Return a started service that has exited, if any."""
         return next((s for s in self.services if s.proc.poll() is not None), None)
@@ -312,8 +321,9 @@ class Stack:
                 self.say(f"{svc.name} did not stop within {grace:g} s; killing it")
                 svc.proc.kill()
                 svc.proc.wait()
-        self.services.clear()
-        self._update_state("services", None)
+        if self.services:
+            self.services.clear()
+            self._update_state("services", None)
 
     def close(self) -> None:
         """Stop services, then the servers this run started."""
@@ -447,6 +457,8 @@ def _banner(stack: Stack, env: Mapping[str, str], missing: list[str]) -> str:
         f"  Postgres:     {stack.database_url}",
         f"  NATS:         {stack.nats_url}",
         f"  Logs:         {stack._run / 'logs'}/*.log",
+        "Other shells (js-info, taskflow-* commands, psql) need the same servers:",
+        f"  export DATABASE_URL={stack.database_url} NATS_URL={stack.nats_url}",
     ]
     if api_up:
         body = '{"type": "demo", "payload": {"message": "hello"}}'
@@ -464,6 +476,14 @@ def run(stack: Stack) -> int:
     Returns 0 after Ctrl-C/SIGTERM, 1 when a server or service fails to start or a
     service dies (its last log lines are printed).
     """
+    live = stack.recorded_live_services()
+    if live:
+        pids = ", ".join(f"{name} pid {pid}" for name, pid in sorted(live.items()))
+        stack.say(
+            f"error: another `make run` of this checkout is serving ({pids}); "
+            "stop it first (Ctrl-C in its terminal, or `make stop`)"
+        )
+        return 1
     with StopSignal() as stop:
         try:
             stack.ensure_servers()
