@@ -85,11 +85,13 @@ class GroupSubmitter:
         """
         if spec.idempotency_key is not None:
             raise ValueError("keyed submits take the single path (store.submit)")
-        done: asyncio.Future[tuple[asyncpg.Record, int]] = (
-            asyncio.get_running_loop().create_future()
-        )
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[tuple[asyncpg.Record, int]] = loop.create_future()
         self._queue.append(_Item(spec, trace_parent, size, done))
-        if self._flusher is None:
+        flusher = self._flusher
+        # A flusher left behind by a loop that was closed under it (a test client that
+        # runs each request in a loop of its own) will never run again: start another.
+        if flusher is None or flusher.done() or flusher.get_loop() is not loop:
             self._flusher = asyncio.create_task(self._flush(), name="group-submit")
         # A cancelled request leaves its item queued; the flusher skips it if it has
         # not been sent yet (else its row commits unanswered, as a cancelled single
@@ -104,7 +106,8 @@ class GroupSubmitter:
                 if group:
                     await self._write(group)
         finally:
-            self._flusher = None
+            if self._flusher is asyncio.current_task():
+                self._flusher = None
             # Only reached with items left if this task was cancelled (loop shutdown).
             while self._queue:
                 item = self._queue.popleft()
@@ -113,12 +116,15 @@ class GroupSubmitter:
     def _take(self) -> list[_Item]:
         group: list[_Item] = []
         size = 0
+        loop = asyncio.get_running_loop()
         while self._queue and len(group) < self._max_rows:
             item = self._queue[0]
             if group and size + item.size > self._max_bytes:
                 break
             self._queue.popleft()
-            if item.done.done():  # its request was cancelled before we got to it
+            # Its request was cancelled before we got to it, or it belongs to a loop
+            # that is gone (nobody is waiting for the answer).
+            if item.done.done() or item.done.get_loop() is not loop:
                 continue
             group.append(item)
             size += item.size
