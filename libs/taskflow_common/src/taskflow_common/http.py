@@ -271,15 +271,15 @@ class RequestContext:
         # ``headers`` and each pair may be any iterable, even one-shot iterators
         # (falcon.testing passes those): read them once and hand the app a scope
         # holding a plain list of pairs.
-        raw_headers = [(bytes(k), bytes(v)) for k, v in scope.get("headers") or ()]
-        scope = {**scope, "headers": raw_headers}
-        headers = _headers(scope)
+        raw = scope.get("headers") or ()
+        if type(raw) is not list or not all(_plain(pair) for pair in raw):
+            scope = {**scope, "headers": [(bytes(k), bytes(v)) for k, v in raw]}
+        headers = _wanted_headers(scope["headers"])
         given = headers.get("x-request-id")
         request_id = given if given and _REQUEST_ID.match(given) else uuid.uuid4().hex
         method = scope["method"]
-        parent = tracing.extract(
-            {k: v for k in ("traceparent", "tracestate") if (v := headers.get(k))}
-        )
+        # No traceparent (the common case): a new trace, without a propagator call.
+        parent = tracing.extract(_trace_headers(headers)) if "traceparent" in headers else _ROOT
         span = self._tracer.start_span(
             method,
             context=parent,
@@ -318,9 +318,33 @@ class RequestContext:
             logs.unbind(log_token)
 
 
-def _headers(scope: Scope) -> dict[str, str]:
-    # Header names arrive lower-cased (ASGI spec); values are latin-1 bytes.
-    return {k.decode("latin-1"): v.decode("latin-1") for k, v in scope.get("headers", ())}
+_ROOT = otel_context.Context()
+"""The empty context: a request without ``traceparent`` starts a new trace."""
+_WANTED = {
+    b"x-request-id": "x-request-id",
+    b"traceparent": "traceparent",
+    b"tracestate": "tracestate",
+    b"content-length": "content-length",
+}
+
+
+def _plain(pair: Any) -> bool:
+    return type(pair) is tuple and type(pair[0]) is bytes and type(pair[1]) is bytes
+
+
+def _wanted_headers(pairs: Sequence[tuple[bytes, bytes]]) -> dict[str, str]:
+    # Only the headers this middleware reads are decoded (names arrive lower-cased,
+    # ASGI spec; values are latin-1 bytes); for a repeated one the last wins.
+    found: dict[str, str] = {}
+    for name, value in pairs:
+        key = _WANTED.get(name)
+        if key is not None:
+            found[key] = value.decode("latin-1")
+    return found
+
+
+def _trace_headers(headers: Mapping[str, str]) -> dict[str, str]:
+    return {k: v for k in ("traceparent", "tracestate") if (v := headers.get(k))}
 
 
 async def _send_problem(send: Send, problem: Problem) -> None:

@@ -154,13 +154,29 @@ class HttpMetrics:
             buckets=HTTP_BUCKETS_S,
             registry=registry,
         )
+        self._children: dict[tuple[str, str | None, int], tuple[Counter, Histogram]] = {}
 
     def observe(self, method: str, route: str | None, status: int, seconds: float) -> None:
-        """Count one answered request that took ``seconds``."""
-        method = method if method in _METHODS else OTHER
-        route = route or "unmatched"
-        self.requests.labels(method, route, str(status)).inc()
-        self.latency.labels(method, route).observe(seconds)
+        """Count one answered request that took ``seconds``.
+
+        The label children are looked up once per (method, route, status) and cached:
+        ``labels()`` validates and joins its values on every call. Bounded like the
+        series themselves (known methods, route templates, status codes).
+        """
+        key = (method, route, status)
+        children = self._children.get(key)
+        if children is None:
+            label = method if method in _METHODS else OTHER
+            where = route or "unmatched"
+            children = (
+                self.requests.labels(label, where, str(status)),
+                self.latency.labels(label, where),
+            )
+            if label != OTHER:  # unknown methods are unbounded input: never cache them
+                self._children[key] = children
+        count, latency = children
+        count.inc()
+        latency.observe(seconds)
 
 
 class ApiMetrics(HttpMetrics):
@@ -175,10 +191,19 @@ class ApiMetrics(HttpMetrics):
             ["type", "priority"],
             registry=registry,
         )
+        self._submitted: dict[tuple[str, str], Counter] = {}
 
     def task_submitted(self, task_type: str, priority: str) -> None:
-        """Count one newly created task."""
-        self.submitted.labels(self.types(task_type), priority_label(priority)).inc()
+        """Count one newly created task (label children cached per type and priority)."""
+        key = (task_type, priority)
+        child = self._submitted.get(key)
+        if child is None:
+            child = self.submitted.labels(self.types(task_type), priority_label(priority))
+            # Only bounded keys are cached: a type folded into "other" (past the cap)
+            # or an unknown priority would let clients grow the cache without end.
+            if self.types(task_type) == task_type and priority_label(priority) == priority:
+                self._submitted[key] = child
+        child.inc()
 
 
 # -- worker ------------------------------------------------------------------------------

@@ -6,7 +6,8 @@ Four loops share one pool and one NATS connection:
   PubAcks; record each acked publish in the same transaction that locked the rows.
   Woken by ``LISTEN taskflow_outbox`` within milliseconds of a commit; otherwise it
   sleeps until the next ``run_at`` or ``DISPATCHER_POLL_INTERVAL``, whichever is first,
-  so a lost notification delays, never loses;
+  so a lost notification delays, never loses. Dead letters are looked for only when
+  the notification says one is pending, and at least every poll interval;
 - **listener**: keeps the LISTEN connection alive across Postgres restarts;
 - **reaper**: ends attempts whose lease expired (worker gone) as ``abandoned`` and
   schedules the retry; re-queues tasks published but unclaimed for too long. Leases
@@ -21,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Callable, Coroutine
+from dataclasses import dataclass
 from typing import Any
 
 import asyncpg
@@ -85,6 +87,25 @@ class LeaseTrust:
         return self.since is not None and now - self.since >= self.lease_s
 
 
+GATHER_S = 0.002
+"""Under load, how long a woken outbox loop waits so that its next pass carries more rows
+(seconds). Only after a pass that published more than one task: at idle a task is
+published as soon as its notification arrives."""
+DEAD_BATCH = 100
+"""Dead letters published per pass at most."""
+
+
+@dataclass(frozen=True, slots=True)
+class Pass:
+    """One outbox pass: ``published`` PubAck'd, ``failed`` not (they stay due), and
+    ``next_due_in``, seconds until the next pending task outside the batch is due
+    (<= 0: now; None: nothing pending)."""
+
+    published: int
+    failed: int
+    next_due_in: float | None
+
+
 class Dispatcher:
     """Publishes due work; see the module docstring for the loops."""
 
@@ -104,21 +125,28 @@ class Dispatcher:
         self.wake = asyncio.Event()
         self.tracer = trace.get_tracer("taskflow.dispatcher")
         self.stream_created: str | None = None
+        # Dead letters to look for: yes at start (one may have been left pending).
+        self.dead_hint = True
+        self.dead_checked_at = 0.0
         self.lease_trust = LeaseTrust(
             settings.worker_ack_wait, stall_s=max(0.5, settings.worker_ack_wait / 6)
         )
 
     # -- outbox ---------------------------------------------------------------------------
 
-    async def publish_due(self) -> int:
-        """Publish one batch of due tasks; return how many were PubAck'd.
+    async def publish_due(self) -> Pass:
+        """Publish one batch of due tasks; return the :class:`Pass` (counts, next due).
 
-        Raises UnavailableError (or a driver error) when nothing could be published.
+        Four round trips: ``BEGIN``, lock the due rows and read the next due time
+        (:func:`~taskflow_common.store.outbox.lock_due_pass`), mark the PubAck'd ones
+        dispatched, ``COMMIT``. Raises UnavailableError (or a driver error) when nothing
+        could be published.
         """
         async with self.db.acquire() as conn, conn.transaction():
-            due = await outbox.lock_due(conn, self.settings.batch_size)
+            found = await outbox.lock_due_pass(conn, self.settings.batch_size)
+            due = found.due
             if not due:
-                return 0
+                return Pass(0, 0, found.next_due_in)
             items = []
             spans = []
             for d in due:
@@ -164,12 +192,12 @@ class Dispatcher:
                         log.debug("task_published", task_id=str(d.task_id), attempt=d.attempt)
         if errors and not published:
             raise UnavailableError(f"publish failed for {len(errors)} tasks: {errors[0]!r}")
-        return len(published)
+        return Pass(len(published), len(errors), found.next_due_in)
 
     async def publish_dead_letters(self) -> int:
         """Publish pending dead letters to ``<prefix>.dlq``; return how many."""
         async with self.db.acquire() as conn, conn.transaction():
-            dead = await outbox.lock_dead(conn, 100)
+            dead = await outbox.lock_dead(conn, DEAD_BATCH)
             if not dead:
                 return 0
             items = []
@@ -231,23 +259,62 @@ class Dispatcher:
             raise UnavailableError("dead-letter publish failed")
         return len(done)
 
+    def dead_letters_due(self, now: float) -> bool:
+        """Whether this pass should look for pending dead letters.
+
+        Only when one may be pending: a ``taskflow_outbox`` notification said so
+        (payload :data:`~taskflow_common.store.outbox.DEAD_LETTER_PAYLOAD`), the last
+        look found a full batch or failed, the listener (re)connected, or
+        ``DISPATCHER_POLL_INTERVAL`` passed since the last look (the fallback for a
+        notification lost while nobody listened). Clears the hint when it says yes.
+        """
+        if self.dead_hint or now - self.dead_checked_at >= self.settings.poll_interval:
+            self.dead_hint = False
+            self.dead_checked_at = now
+            return True
+        return False
+
     async def outbox_loop(self, stop: asyncio.Event) -> None:
-        """Publish due work until ``stop``; back off while NATS or Postgres is down."""
+        """Publish due work until ``stop``; back off while NATS or Postgres is down.
+
+        A pass is :meth:`publish_due` (4 round trips; it also says when the next task is
+        due) plus, only when :meth:`dead_letters_due` says so, :meth:`publish_dead_letters`.
+        Under load (the last pass published more than one task) a wake-up waits
+        :data:`GATHER_S` before the next pass so that it carries more rows; at idle a
+        notification starts the pass at once.
+        """
         delay = 0.05
+        loop = asyncio.get_running_loop()
+        busy = False
         while not stop.is_set():
+            if busy and self.wake.is_set():
+                await wait_any(stop, None, GATHER_S)
             self.wake.clear()
             try:
-                n = await self.publish_due()
-                n += await self.publish_dead_letters()
-                async with self.db.acquire() as conn:
-                    next_due = await outbox.next_due_in(conn)
+                done = await self.publish_due()
+                dead = 0
+                if self.dead_letters_due(loop.time()):
+                    try:
+                        dead = await self.publish_dead_letters()
+                    except BaseException:
+                        self.dead_hint = True
+                        raise
+                    if dead >= DEAD_BATCH:
+                        self.dead_hint = True
             except OUTAGE as exc:
                 log.warning("dispatch_unavailable", error=repr(exc), retry_in_s=delay)
                 await wait_any(stop, None, delay)
                 delay = min(delay * 2, 2.0)
                 continue
             delay = 0.05
-            if n >= self.settings.batch_size or (next_due is not None and next_due <= 0):
+            busy = done.published > 1
+            next_due = done.next_due_in
+            if (
+                done.published + done.failed >= self.settings.batch_size
+                or done.failed
+                or self.dead_hint
+                or (next_due is not None and next_due <= 0)
+            ):
                 continue
             timeout = self.settings.poll_interval
             if next_due is not None:
@@ -259,7 +326,9 @@ class Dispatcher:
     async def listener_loop(self, stop: asyncio.Event) -> None:
         """Hold a LISTEN connection; reconnect after Postgres restarts."""
 
-        def notified(*_: Any) -> None:
+        def notified(conn: object, pid: int, channel: str, payload: str) -> None:
+            if payload == outbox.DEAD_LETTER_PAYLOAD:
+                self.dead_hint = True
             self.wake.set()
 
         while not stop.is_set():
@@ -267,7 +336,9 @@ class Dispatcher:
             try:
                 conn = await dbmod.connect(self.settings)
                 await conn.add_listener(outbox.CHANNEL, notified)
-                self.wake.set()  # catch up on anything committed while we were away
+                # Catch up on anything committed while we were away, dead letters too.
+                self.dead_hint = True
+                self.wake.set()
                 while not stop.is_set() and not conn.is_closed():
                     await wait_any(stop, None, 1.0)
                     await conn.fetchval("SELECT 1")  # notices a dead connection

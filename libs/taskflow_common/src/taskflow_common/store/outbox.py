@@ -19,6 +19,9 @@ import asyncpg
 
 CHANNEL = "taskflow_outbox"
 """LISTEN channel; a trigger notifies it when a due task or a dead letter is committed."""
+DEAD_LETTER_PAYLOAD = "dead"
+"""Payload of a :data:`CHANNEL` notification whose statement left a dead letter pending
+(migration 0003); other notifications carry an empty payload."""
 
 _DUE = """
 SELECT id, attempts, dispatch_seq, priority, trace_parent
@@ -34,6 +37,34 @@ UPDATE tasks AS t
    SET dispatch_pending = false, dispatch_seq = u.seq, dispatched_at = now()
   FROM unnest($1::uuid[], $2::int[]) AS u(id, seq)
  WHERE t.id = u.id AND t.dispatch_pending AND t.dispatch_seq + 1 = u.seq
+"""
+
+
+# One round trip per pass: lock a batch of due rows and, in the same statement, say when
+# the next pending task not in that batch is due (a row locked by someone else, or the
+# next delayed one). The last row is that sentinel (id NULL); the due rows come first,
+# oldest run_at first. The scalar subquery reads the partial index tasks_dispatch_due in
+# run_at order and stops at its first row outside the batch.
+_LOCK_DUE_AND_NEXT = """
+WITH due AS (
+    SELECT id, attempts, dispatch_seq, priority, trace_parent, run_at
+      FROM tasks
+     WHERE dispatch_pending AND run_at <= now()
+     ORDER BY run_at
+     LIMIT $1
+       FOR UPDATE SKIP LOCKED
+)
+SELECT * FROM (
+    SELECT 0 AS part, id, attempts, dispatch_seq, priority, trace_parent, run_at,
+           NULL::float8 AS next_due_in
+      FROM due
+    UNION ALL
+    SELECT 1, NULL, NULL, NULL, NULL, NULL, NULL,
+           (SELECT extract(epoch FROM min(t.run_at) - now())::float8
+              FROM tasks t
+             WHERE t.dispatch_pending AND t.id NOT IN (SELECT id FROM due))
+) AS pass
+ORDER BY part, run_at
 """
 
 
@@ -59,6 +90,36 @@ async def lock_due(conn: asyncpg.Connection, limit: int) -> list[Due]:
         Due(r["id"], r["attempts"] + 1, r["dispatch_seq"] + 1, r["priority"], r["trace_parent"])
         for r in rows
     ]
+
+
+@dataclass(frozen=True, slots=True)
+class DuePass:
+    """What one outbox pass locked, and when to look again.
+
+    ``due``: the locked tasks, oldest ``run_at`` first. ``next_due_in``: seconds until
+    the earliest pending task outside ``due`` is due (<= 0: one is due already, e.g.
+    locked by another dispatcher, or left over by the limit), None when there is none.
+    """
+
+    due: list[Due]
+    next_due_in: float | None
+
+
+async def lock_due_pass(conn: asyncpg.Connection, limit: int) -> DuePass:
+    """Lock up to ``limit`` due tasks and read the next due time, in ONE round trip.
+
+    Call inside a transaction (the row locks last until it ends); see :func:`lock_due`
+    for what each :class:`Due` carries. Replaces :func:`lock_due` followed by
+    :func:`next_due_in` in the dispatcher's pass.
+    """
+    rows = await conn.fetch(_LOCK_DUE_AND_NEXT, limit)
+    due = [
+        Due(r["id"], r["attempts"] + 1, r["dispatch_seq"] + 1, r["priority"], r["trace_parent"])
+        for r in rows
+        if r["part"] == 0
+    ]
+    later = rows[-1]["next_due_in"] if rows and rows[-1]["part"] == 1 else None
+    return DuePass(due, None if later is None else float(later))
 
 
 async def mark_dispatched(conn: asyncpg.Connection, published: Sequence[Due]) -> None:

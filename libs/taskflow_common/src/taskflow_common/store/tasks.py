@@ -1,4 +1,4 @@
-"""Task SQL for the API side: submit (single or batch, with Idempotency-Key), read,
+"""Task SQL for the API side: submit (single, grouped or batch, with Idempotency-Key), read,
 executions, list (with tag filters), cancel.
 
 Every function takes an open asyncpg connection (pooled or the caller's own, inside a
@@ -280,19 +280,22 @@ async def submit(
 # -- batch submit -----------------------------------------------------------------------
 
 # One statement for the whole batch: parallel arrays, unnested in request order. Payloads
-# and tags travel as JSON text (one text[] each) and are cast to jsonb in Postgres.
+# and tags travel as JSON text (one text[] each) and are cast to jsonb in Postgres. Each
+# row has its own trace_parent ($12): a batch request repeats one, a group commit of
+# single requests (:func:`submit_group`) carries each request's own.
 _INSERT_BATCH = f"""
 INSERT INTO tasks (id, type, payload, priority, status, max_attempts, idempotency_key,
                    request_hash, timeout_s, tags, trace_parent, run_at)
 SELECT u.id, u.type, u.payload::jsonb, u.priority, 'queued', u.max_attempts,
        u.idempotency_key, u.request_hash, u.timeout_s,
-       COALESCE(u.tags::jsonb, '{{}}'::jsonb), $12,
+       COALESCE(u.tags::jsonb, '{{}}'::jsonb), u.trace_parent,
        GREATEST(now(), COALESCE(u.run_at, now())
                        + COALESCE(u.delay_s, 0) * interval '1 second')
   FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::int[], $6::text[],
-              $7::bytea[], $8::float8[], $9::text[], $10::timestamptz[], $11::float8[])
+              $7::bytea[], $8::float8[], $9::text[], $10::timestamptz[], $11::float8[],
+              $12::text[])
        WITH ORDINALITY AS u(id, type, payload, priority, max_attempts, idempotency_key,
-                            request_hash, timeout_s, tags, run_at, delay_s, n)
+                            request_hash, timeout_s, tags, run_at, delay_s, trace_parent, n)
  ORDER BY u.n
 ON CONFLICT (idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
 RETURNING {TASK_COLUMNS}
@@ -330,7 +333,9 @@ async def submit_batch(
         # The loop only repeats if a conflicting row vanished between INSERT and SELECT.
         for _ in range(3):
             rows = await conn.fetch(
-                _INSERT_BATCH, *_batch_columns(specs, ids, hashes, pending), parent
+                _INSERT_BATCH,
+                *_batch_columns(specs, ids, hashes, pending),
+                [parent] * len(pending),
             )
             inserted = {r["id"]: r for r in rows}
             conflicted = []
@@ -362,6 +367,38 @@ async def submit_batch(
     done = [r for r in results if r is not None]
     assert len(done) == len(specs)
     return done
+
+
+async def submit_group(
+    conn: asyncpg.Connection,
+    specs: Sequence[TaskSpec],
+    trace_parents: Sequence[str | None],
+) -> list[asyncpg.Record]:
+    """Insert independent tasks without idempotency keys in ONE statement; rows in order.
+
+    The group commit of single submits: ``specs[i]`` came from one request and
+    ``trace_parents[i]`` is that request's W3C traceparent. One multi-row
+    ``INSERT ... SELECT FROM unnest(...)`` (the batch statement) writes them all, in one
+    implicit transaction and one round trip: every row commits or none does. Run it
+    outside a transaction (no ``BEGIN``/``COMMIT`` round trips are added). Raises
+    ``ValueError`` when a spec carries an ``idempotency_key`` (those go through
+    :func:`submit`, whose conflict handling needs its own statement) or unless
+    1 <= len(specs) <= :data:`MAX_BATCH`; driver errors (a row the database refuses,
+    an outage) propagate and leave nothing inserted.
+    """
+    if not 1 <= len(specs) <= MAX_BATCH:
+        raise ValueError(f"a group holds 1..{MAX_BATCH} tasks, not {len(specs)}")
+    if len(trace_parents) != len(specs):
+        raise ValueError("one trace parent per spec")
+    if any(s.idempotency_key is not None for s in specs):
+        raise ValueError("a group commit takes no Idempotency-Key; use submit()")
+    ids = [uuid.uuid4() for _ in specs]
+    which = range(len(specs))
+    rows = await conn.fetch(
+        _INSERT_BATCH, *_batch_columns(specs, ids, [None] * len(specs), which), list(trace_parents)
+    )
+    by_id = {r["id"]: r for r in rows}
+    return [by_id[i] for i in ids]
 
 
 def _batch_columns(
