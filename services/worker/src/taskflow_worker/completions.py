@@ -7,12 +7,15 @@ by default), or until every attempt still running in the process has reported, a
 writes them with one fenced statement (:func:`~taskflow_common.store.attempts.succeed_many`).
 
 Only after that statement commits is each message acked: a plain ``ack()`` per
-message followed by one ``flush()`` of the connection (a PING/PONG), so the server has
-received every ack of the batch before the attempts' slots are freed. While the worker
-drains for shutdown (``confirm_acks``), each ack is instead confirmed by JetStream
-itself (``ack_sync``), so nothing is left ack-pending when the process exits. An ack
-lost anyway only means a redelivery, which the fenced claim refuses (STACK-FACTS: the
-database fence, not the ack confirmation, is what prevents double runs).
+message, then the attempts' slots are freed, and one ``flush()`` of the connection (a
+PING/PONG) per batch confirms that the server took the acks; a failed confirmation is
+logged (``settle_failed``). The slots do not wait for that confirmation: the fetch they
+free sends its pull request on the same connection, behind the acks, so the server
+reads the acks first anyway. While the worker drains for shutdown (``confirm_acks``),
+each ack is instead confirmed by JetStream itself (``ack_sync``) before its slot is
+freed, so nothing is left ack-pending when the process exits. An ack lost anyway only
+means a redelivery, which the fenced claim refuses (STACK-FACTS: the database fence,
+not the ack confirmation, is what prevents double runs).
 
 Postgres refuses a whole statement when it refuses one row (a ``\\u0000`` in a result's
 JSON is a ``DataError``). The writer then falls back to one statement per row for that
@@ -88,6 +91,8 @@ class Completions:
         self._writing = 0
         self._more = asyncio.Event()
         self._writer: asyncio.Task[None] | None = None
+        self._confirming: asyncio.Task[None] | None = None
+        self._unconfirmed = False
 
     async def succeed(self, task_id: uuid.UUID, attempt: int, result_json: str, msg: Msg) -> bool:
         """Record the success of ``attempt`` and ack ``msg`` after the commit.
@@ -179,10 +184,22 @@ class Completions:
         try:
             for p in items:
                 await p.msg.ack()
-            # One PING/PONG: the server has every ack of the batch before slots free up.
-            await self.bus.nc.flush(timeout=5)
         except Exception as exc:  # NATS errors included: a later redelivery at worst
             log.warning("settle_failed", error=repr(exc))
+            return
+        # One PING/PONG per batch, off the slots' path. Acks sent while a PING is out
+        # get the next one (the PONG of a PING sent before them does not cover them).
+        self._unconfirmed = True
+        if self._confirming is None or self._confirming.done():
+            self._confirming = asyncio.create_task(self._confirm())
+
+    async def _confirm(self) -> None:
+        while self._unconfirmed:
+            self._unconfirmed = False
+            try:
+                await self.bus.nc.flush(timeout=5)
+            except Exception as exc:  # NATS errors included: a later redelivery at worst
+                log.warning("settle_failed", error=repr(exc))
 
 
 async def _settle(ack: object) -> None:
