@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -47,7 +48,7 @@ from taskflow_common.db import TRANSIENT_ERRORS as PG_ERRORS
 from taskflow_common.db import Database, open_pool
 from taskflow_common.errors import ConfigError, MalformedMessage, UnavailableError
 from taskflow_common.lifecycle import ready, wait_any
-from taskflow_common.logs import bound, get_logger
+from taskflow_common.logs import EventLogger, bound, get_logger
 from taskflow_common.messages import MAX_RAW_BYTES, CancelRequest, DeadLetter, TaskMessage
 from taskflow_common.metrics import WorkerMetrics, new_registry
 from taskflow_common.metrics import serve as serve_metrics
@@ -226,7 +227,7 @@ class Worker:
                 del deliveries[message.task_id]  # later copies are handled alone
                 shared = claims
             self.inflight += 1
-            task = asyncio.create_task(self.handle(priority, msg, shared))
+            task = asyncio.create_task(self.handle(priority, msg, shared, message))
             self.handling.add(task)
             task.add_done_callback(self._handled)
 
@@ -253,17 +254,19 @@ class Worker:
         priority: Priority,
         msg: Msg,
         claims: asyncio.Future[dict[uuid.UUID, attempts.Claim]] | None = None,
+        message: TaskMessage | None = None,
     ) -> None:
         """Process one delivery end to end; always settles the message.
 
         ``claims`` is the batch claim this delivery took part in (see :meth:`_start`);
-        without it the delivery claims alone.
+        without it the delivery claims alone. ``message`` is ``msg`` already decoded.
         """
-        try:
-            message = TaskMessage.decode(msg.data)
-        except MalformedMessage as exc:
-            await self.dead_letter_malformed(msg, exc.reason)
-            return
+        if message is None:
+            try:
+                message = TaskMessage.decode(msg.data)
+            except MalformedMessage as exc:
+                await self.dead_letter_malformed(msg, exc.reason)
+                return
         with bound(task_id=str(message.task_id)):
             try:
                 outcome = await self._claim_and_run(message, msg, claims)
@@ -421,7 +424,7 @@ class Worker:
             attempt=claim.attempt,
             priority=claim.priority,
             deadline=time.time() + timeout,
-            log=get_logger(f"taskflow.handler.{claim.type}"),
+            log=_handler_log(claim.type),
         )
         if self.grace_over:
             # Claimed after the shutdown grace ran out (the claim was still on its way
@@ -636,6 +639,12 @@ class Worker:
             await heartbeat
             for p in self.pullers.values():
                 await p.close()
+
+
+@functools.lru_cache(maxsize=256)
+def _handler_log(task_type: str) -> EventLogger:
+    """The logger handed to ``task_type``'s handlers (built once per type, not per task)."""
+    return get_logger(f"taskflow.handler.{task_type}")
 
 
 async def _settle(ack: Any) -> None:
