@@ -90,7 +90,7 @@ async def test_one_completion_for_many_attempts_fenced_row_by_row(db: asyncpg.Co
         (tasks[3], 2, "3"),
     ]
     recorded = await attempts.succeed_many(db, rows)
-    assert recorded == {tasks[0], tasks[1]}
+    assert recorded == {(tasks[0], 1), (tasks[1], 1)}
     assert await _statuses(db, tasks[0]) == ("completed", ["succeeded"])
     assert await db.fetchval("SELECT result FROM tasks WHERE id = $1", tasks[0]) == '{"r": 0}'
     assert await db.fetchval("SELECT result FROM tasks WHERE id = $1", tasks[1]) == "[1, 2]"
@@ -98,6 +98,12 @@ async def test_one_completion_for_many_attempts_fenced_row_by_row(db: asyncpg.Co
     # Recording again changes nothing: never completes twice.
     assert await attempts.succeed_many(db, rows[:2]) == set()
     assert claims[tasks[3]].attempt == 1
+    # The same task with two attempts (a lost one still finishing): only the current
+    # attempt is recorded.
+    assert await attempts.succeed_many(db, [(tasks[3], 0, "0"), (tasks[3], 1, "1")]) == {
+        (tasks[3], 1)
+    }
+    assert await _statuses(db, tasks[3]) == ("completed", ["succeeded"])
 
 
 async def test_a_refused_result_refuses_the_whole_statement(db: asyncpg.Connection) -> None:

@@ -141,25 +141,25 @@ class Completions:
                 self._writing = 0
 
     async def _write(self, batch: list[_Pending]) -> None:
-        verdicts: dict[uuid.UUID, bool | BaseException] = {}
+        verdicts: dict[_Pending, bool | BaseException] = {}
         rows = [(p.task_id, p.attempt, p.result_json) for p in batch]
         try:
             async with self.db.acquire() as conn:
                 try:
                     recorded = await attempts.succeed_many(conn, rows)
-                    verdicts = {p.task_id: p.task_id in recorded for p in batch}
+                    verdicts = {p: (p.task_id, p.attempt) in recorded for p in batch}
                 except REFUSED:
                     # Which row did Postgres refuse? Ask row by row, each with its own
                     # verdict (the batch statement wrote nothing).
                     for p in batch:
-                        verdicts[p.task_id] = await self._write_one(conn, p)
+                        verdicts[p] = await self._write_one(conn, p)
         except _OUTAGE as exc:
             for p in batch:
-                verdicts.setdefault(p.task_id, exc)
-        settled = [p for p in batch if isinstance(verdicts[p.task_id], bool)]
+                verdicts.setdefault(p, exc)
+        settled = [p for p in batch if isinstance(verdicts[p], bool)]
         await self._ack(settled)
         for p in batch:
-            verdict = verdicts[p.task_id]
+            verdict = verdicts[p]
             if isinstance(verdict, bool):
                 p.done.set_result(verdict)
             else:

@@ -308,28 +308,31 @@ UPDATE task_executions AS x
        duration_ms = extract(epoch FROM now() - x.started_at) * 1000
   FROM t
  WHERE x.task_id = t.id AND x.attempt = t.attempts AND x.status = 'started'
-RETURNING x.task_id
+RETURNING x.task_id, x.attempt
 """
 
 
 async def succeed_many(
     conn: asyncpg.Connection, outcomes: Sequence[tuple[uuid.UUID, int, str]]
-) -> set[uuid.UUID]:
+) -> set[tuple[uuid.UUID, int]]:
     """Record success for each ``(task_id, attempt, result_json)`` in one statement.
 
-    Task ids must be distinct. Returns the task ids recorded; one missing was fenced.
+    Returns the ``(task_id, attempt)`` pairs recorded; one missing was fenced (a task id
+    may appear with two attempts, e.g. a lost attempt still finishing: at most the
+    task's current one is recorded).
     All or nothing: when Postgres refuses any result (``asyncpg.DataError`` and the
     like, as :func:`succeed` raises), none is written and the caller must fall back to
     :func:`succeed` per row to learn which one.
     """
     if len(outcomes) == 1:
         ((task_id, attempt, result_json),) = outcomes
-        return {task_id} if await succeed(conn, task_id, attempt, result_json) else set()
+        ok = await succeed(conn, task_id, attempt, result_json)
+        return {(task_id, attempt)} if ok else set()
     ordered = sorted(outcomes)  # the same lock order in every batch
     rows = await conn.fetch(
         _SUCCEED_MANY, [o[0] for o in ordered], [o[1] for o in ordered], [o[2] for o in ordered]
     )
-    return {r["task_id"] for r in rows}
+    return {(r["task_id"], r["attempt"]) for r in rows}
 
 
 # $1 task, $2 attempt, $3 error, $4 error_type, $5 permanent, $6 backoff seconds,
