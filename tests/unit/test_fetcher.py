@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from taskflow_worker.fetcher import Aging
+from taskflow_worker.fetcher import Aging, Fetcher
 from taskflow_worker.settings import parse_max_wait
 
 
@@ -75,3 +75,77 @@ def test_max_wait_parsing() -> None:
     for bad in ("normal=45s", "high=1s,normal=2s,low=3s", "normal=0s,low=1s", "normal=x,low=1s"):
         with pytest.raises(ValueError, match="normal=DURATION"):
             parse_max_wait(bad)
+
+
+class Pulls:
+    """Messages waiting per priority, as a consumer would hand them out; logs each pull."""
+
+    def __init__(self, clock: Clock) -> None:
+        self.waiting: dict[str, int] = {"high": 0, "normal": 0, "low": 0}
+        self.log: list[str] = []
+        self.clock = clock
+
+    def puller(self, priority: str) -> object:
+        pulls = self
+
+        class _Puller:
+            async def pull(self, n: int) -> list[str]:
+                pulls.log.append(priority)
+                got = min(n, pulls.waiting[priority])
+                pulls.waiting[priority] -= got
+                return [priority] * got
+
+        return _Puller()
+
+
+def make_fetcher(empty_s: float = 0.05) -> tuple[Fetcher, Pulls, Clock]:
+    clock = Clock()
+    pulls = Pulls(clock)
+    fetcher = Fetcher(
+        {p: pulls.puller(p) for p in ("high", "normal", "low")},  # type: ignore[misc]
+        {"normal": 10.0, "low": 20.0},
+        Probe(),  # type: ignore[arg-type]
+        empty_s=empty_s,
+        clock=clock,
+    )
+    return fetcher, pulls, clock
+
+
+async def test_a_priority_found_empty_is_skipped_until_its_doorbell_or_a_while() -> None:
+    fetcher, pulls, clock = make_fetcher()
+    pulls.waiting["normal"] = 100
+    assert len(await fetcher.fetch(10)) == 10
+    assert pulls.log == ["high", "normal"]
+    pulls.log.clear()
+    await fetcher.fetch(10)
+    assert pulls.log == ["normal"]  # high came back short: skipped
+    # New high work rings the doorbell: strict priority, asked first at once.
+    pulls.waiting["high"] = 3
+    fetcher.wake(["high"])
+    pulls.log.clear()
+    got = await fetcher.fetch(10)
+    assert [p for p, _ in got] == ["high"] * 3 + ["normal"] * 7
+    assert pulls.log == ["high", "normal"]
+    # A high message that comes back without a ring (a redelivery) waits at most empty_s.
+    pulls.waiting["high"] = 1
+    pulls.log.clear()
+    await fetcher.fetch(10)
+    assert pulls.log == ["normal"]
+    clock.now += 0.05
+    got = await fetcher.fetch(10)
+    assert got[0][0] == "high"
+
+
+async def test_a_full_pull_does_not_mark_a_priority_empty() -> None:
+    fetcher, pulls, _ = make_fetcher()
+    pulls.waiting["high"] = 10
+    await fetcher.fetch(10)
+    pulls.waiting["high"] = 5
+    pulls.log.clear()
+    await fetcher.fetch(10)
+    assert pulls.log[0] == "high"
+    # An empty ring (an older dispatcher) wakes every priority.
+    fetcher.wake([""])
+    pulls.log.clear()
+    await fetcher.fetch(10)
+    assert pulls.log == ["high", "normal", "low"]

@@ -221,6 +221,10 @@ class WorkerMetrics:
     ) -> None:
         self.registry = registry
         self.types = LabelCap()
+        # Label children by (metric, label values): labels() takes a lock and validates
+        # its arguments on every call, several times per task. Bounded: types are capped
+        # by LabelCap, priorities and outcomes are fixed sets.
+        self._children: dict[tuple[object, ...], Any] = {}
         labels = ["type", "priority"]
         self.started = Counter(
             "taskflow_attempts_started",
@@ -289,25 +293,32 @@ class WorkerMetrics:
             registry=registry,
         )
 
+    def _child(self, metric: Counter | Histogram, *values: str) -> Any:
+        key = (metric, *values)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = metric.labels(*values)
+        return child
+
     def fetch_round(self, priorities: list[str]) -> None:
         """Count one fetch round that returned messages of ``priorities`` (one per message)."""
         self.fetches.inc()
         for p in priorities:
-            self.fetched.labels(priority_label(p)).inc()
+            self._child(self.fetched, priority_label(p)).inc()
 
     def attempt_started(self, task_type: str, priority: str, queue_wait_s: float | None) -> None:
         """Count a claimed attempt; observe its queue wait (seconds) when known."""
-        self.started.labels(self.types(task_type), priority_label(priority)).inc()
+        self._child(self.started, self.types(task_type), priority_label(priority)).inc()
         if queue_wait_s is not None:
-            self.queue_wait.labels(priority_label(priority)).observe(max(0.0, queue_wait_s))
+            self._child(self.queue_wait, priority_label(priority)).observe(max(0.0, queue_wait_s))
 
     def attempt_finished(self, task_type: str, outcome: str, seconds: float) -> None:
         """Observe how long the handler ran (``seconds``) and how it ended."""
-        self.duration.labels(self.types(task_type), outcome).observe(seconds)
+        self._child(self.duration, self.types(task_type), outcome).observe(seconds)
 
     def task_completed(self, task_type: str, priority: str) -> None:
         """Count a task completed by this worker."""
-        self.completed.labels(self.types(task_type), priority_label(priority)).inc()
+        self._child(self.completed, self.types(task_type), priority_label(priority)).inc()
 
     def attempt_failed(self, task_type: str, priority: str, task_status: str) -> None:
         """Count a recorded failure: ``retrying`` -> retried, ``failed`` -> failed for good."""

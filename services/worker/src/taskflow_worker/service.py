@@ -3,24 +3,32 @@
 Delivery is at-least-once; Postgres makes execution at-most-once-at-a-time:
 
 1. Fetch at most as many messages as there are free slots (``WORKER_CONCURRENCY``),
-   so no message waits in a local buffer while its ack wait runs out.
-2. Claim the task with one fenced statement that also opens the execution row and its
-   lease. A delivery that cannot claim is settled without running anything: terminal
-   task or stale copy -> ack; attempt owned by a live worker -> ack; owner's lease
-   expired -> the attempt is abandoned (counted) and the retry scheduled -> ack.
+   so no message waits in a local buffer while its ack wait runs out; skip priorities
+   known to be empty (see :mod:`taskflow_worker.fetcher`).
+2. Claim every task of the fetch with one fenced statement that also opens the
+   execution rows and their leases (one round trip per fetch). A delivery that did not
+   claim is settled without running anything: terminal task or stale copy -> ack;
+   attempt owned by a live worker -> ack; owner's lease expired -> the attempt is
+   abandoned (counted) and the retry scheduled -> ack.
 3. While the handler runs, a heartbeat every ``ack_wait / 3`` sends ``in_progress()``
    and renews the leases, so a long task is never redelivered while it is alive.
-4. Record the outcome (retrying while Postgres is briefly away), then ack, waiting for
-   the server's confirmation. Every path settles its message (ack, nak or term).
+4. Record the outcome (retrying while Postgres is briefly away), then ack. Successes
+   are recorded in batches, one statement for the attempts that finished together,
+   and acked after that commit with one flush per batch
+   (:mod:`taskflow_worker.completions`); failures, interrupts and cancels are recorded
+   one by one and acked with the server's confirmation. Every path settles its message
+   (ack, nak or term).
 
 SIGTERM: stop fetching; give handlers ``WORKER_SHUTDOWN_GRACE``; cancel the rest,
-record them as ``interrupted`` (not counted) and nak them for prompt redelivery.
+record them as ``interrupted`` (not counted) and nak them for prompt redelivery. Every
+ack sent while draining is confirmed by the server.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -40,12 +48,13 @@ from taskflow_common.db import TRANSIENT_ERRORS as PG_ERRORS
 from taskflow_common.db import Database, open_pool
 from taskflow_common.errors import ConfigError, MalformedMessage, UnavailableError
 from taskflow_common.lifecycle import ready, wait_any
-from taskflow_common.logs import bound, get_logger
+from taskflow_common.logs import EventLogger, bound, get_logger
 from taskflow_common.messages import MAX_RAW_BYTES, CancelRequest, DeadLetter, TaskMessage
 from taskflow_common.metrics import WorkerMetrics, new_registry
 from taskflow_common.metrics import serve as serve_metrics
 from taskflow_common.store import attempts
 from taskflow_common.subjects import HEADER_MSG_ID, PRIORITIES, Priority
+from taskflow_worker.completions import Completions, UnstorableResult
 from taskflow_worker.fetcher import Fetcher
 from taskflow_worker.handlers import PermanentError, TaskContext, load_modules, lookup
 from taskflow_worker.settings import WorkerSettings
@@ -115,6 +124,8 @@ class Worker:
         # Deliveries (task id -> dispatch) whose claim failed with an outage error: it
         # may have committed anyway, leaving an open attempt owned by this process.
         self.uncertain_claims: dict[uuid.UUID, int] = {}
+        # Attempts that may still report a success: running, or waiting to be recorded.
+        self.completions = Completions(db, bus, lambda: len(self.running))
 
     # -- set-up ---------------------------------------------------------------------------
 
@@ -142,7 +153,9 @@ class Worker:
             self.pullers[p] = await self.bus.puller(names.stream, names.consumer(p))
         self.fetcher = Fetcher(self.pullers, self.settings.max_wait, self.bus.oldest_waiting)
 
-        async def on_wake(_: Msg) -> None:
+        async def on_wake(msg: Msg) -> None:
+            if self.fetcher is not None:
+                self.fetcher.wake(msg.data.decode(errors="replace").split(","))
             self.doorbell.set()
 
         async def on_cancel(msg: Msg) -> None:
@@ -186,11 +199,45 @@ class Worker:
             if not batch:
                 await wait_any(stop, self.doorbell, self.settings.poll_timeout)
                 continue
-            for priority, msg in batch:
-                self.inflight += 1
-                task = asyncio.create_task(self.handle(priority, msg))
-                self.handling.add(task)
-                task.add_done_callback(self._handled)
+            self._start(batch)
+
+    def _start(self, batch: list[tuple[Priority, Msg]]) -> None:
+        """Claim a fetch's deliveries together; one handling task per message.
+
+        Each distinct task id goes into one batch claim (a shared future every handling
+        task of the batch awaits); a second delivery of a task already in the batch, or
+        an undecodable one, is handled alone as before.
+        """
+        decoded: list[tuple[Priority, Msg, TaskMessage | None]] = []
+        deliveries: dict[uuid.UUID, int] = {}
+        for priority, msg in batch:
+            try:
+                message: TaskMessage | None = TaskMessage.decode(msg.data)
+            except MalformedMessage:
+                message = None
+            decoded.append((priority, msg, message))
+            if message is not None and message.task_id not in deliveries:
+                deliveries[message.task_id] = message.dispatch
+        claims: asyncio.Future[dict[uuid.UUID, attempts.Claim]] | None = None
+        if deliveries:
+            claims = asyncio.ensure_future(self._claim_many(list(deliveries.items())))
+        for priority, msg, message in decoded:
+            shared = None
+            if message is not None and deliveries.get(message.task_id) == message.dispatch:
+                del deliveries[message.task_id]  # later copies are handled alone
+                shared = claims
+            self.inflight += 1
+            task = asyncio.create_task(self.handle(priority, msg, shared, message))
+            self.handling.add(task)
+            task.add_done_callback(self._handled)
+
+    async def _claim_many(
+        self, deliveries: list[tuple[uuid.UUID, int]]
+    ) -> dict[uuid.UUID, attempts.Claim]:
+        async with self.db.acquire() as conn:
+            return await attempts.claim_many(
+                conn, deliveries, self.settings.worker_id, self.lease_s
+            )
 
     def _handled(self, task: asyncio.Task[None]) -> None:
         self.handling.discard(task)
@@ -202,16 +249,27 @@ class Worker:
 
     # -- one delivery ---------------------------------------------------------------------
 
-    async def handle(self, priority: Priority, msg: Msg) -> None:
-        """Process one delivery end to end; always settles the message."""
-        try:
-            message = TaskMessage.decode(msg.data)
-        except MalformedMessage as exc:
-            await self.dead_letter_malformed(msg, exc.reason)
-            return
+    async def handle(
+        self,
+        priority: Priority,
+        msg: Msg,
+        claims: asyncio.Future[dict[uuid.UUID, attempts.Claim]] | None = None,
+        message: TaskMessage | None = None,
+    ) -> None:
+        """Process one delivery end to end; always settles the message.
+
+        ``claims`` is the batch claim this delivery took part in (see :meth:`_start`);
+        without it the delivery claims alone. ``message`` is ``msg`` already decoded.
+        """
+        if message is None:
+            try:
+                message = TaskMessage.decode(msg.data)
+            except MalformedMessage as exc:
+                await self.dead_letter_malformed(msg, exc.reason)
+                return
         with bound(task_id=str(message.task_id)):
             try:
-                outcome = await self._claim_and_run(message, msg)
+                outcome = await self._claim_and_run(message, msg, claims)
             except OUTAGE as exc:
                 # Postgres away: usually the claim did not commit and no attempt was
                 # used; if it did commit unseen, the redelivery adopts it (see below).
@@ -264,11 +322,26 @@ class Worker:
             log.warning("claim_adopted", attempt=claim.attempt, dispatch=message.dispatch)
         return claim
 
-    async def _claim_and_run(self, message: TaskMessage, msg: Msg) -> str:
+    async def _claim_and_run(
+        self,
+        message: TaskMessage,
+        msg: Msg,
+        claims: asyncio.Future[dict[uuid.UUID, attempts.Claim]] | None,
+    ) -> str:
+        if claims is not None:
+            # shield: this task's cancellation must not cancel the claim the others share.
+            claimed = (await asyncio.shield(claims)).get(message.task_id)
+            if claimed is not None:
+                self.uncertain_claims.pop(message.task_id, None)
+                return await self.run_attempt(claimed, msg)
         async with self.db.acquire() as conn:
-            claim: attempts.Claim | attempts.Refusal = await attempts.claim(
-                conn, message.task_id, message.dispatch, self.settings.worker_id, self.lease_s
-            )
+            claim: attempts.Claim | attempts.Refusal
+            if claims is not None:  # the batch claim refused it: ask why (the rare path)
+                claim = await attempts.diagnose(conn, message.task_id)
+            else:
+                claim = await attempts.claim(
+                    conn, message.task_id, message.dispatch, self.settings.worker_id, self.lease_s
+                )
             if isinstance(claim, attempts.Refusal):
                 claim = await self._adopt(conn, message, claim) or claim
             self.uncertain_claims.pop(message.task_id, None)
@@ -351,7 +424,7 @@ class Worker:
             attempt=claim.attempt,
             priority=claim.priority,
             deadline=time.time() + timeout,
-            log=get_logger(f"taskflow.handler.{claim.type}"),
+            log=_handler_log(claim.type),
         )
         if self.grace_over:
             # Claimed after the shutdown grace ran out (the claim was still on its way
@@ -403,6 +476,27 @@ class Worker:
         deadline = time.monotonic() + max(60.0, self.settings.worker_ack_wait * 4)
         while True:
             try:
+                if outcome.kind == "succeeded":
+                    try:
+                        # Recorded with the other successes of the moment, acked after
+                        # that commit by the writer.
+                        ok = await self.completions.succeed(
+                            claim.task_id, claim.attempt, outcome.result_json, msg
+                        )
+                    except UnstorableResult as e:
+                        outcome = Outcome(
+                            "failed",
+                            error=f"result cannot be stored: {e}",
+                            error_type="UnstorableResult",
+                            permanent=True,
+                        )
+                        continue
+                    if ok:
+                        self.metrics.task_completed(claim.type, claim.priority)
+                        log.debug("attempt_succeeded")
+                    else:
+                        log.warning("attempt_fenced", outcome="succeeded")
+                    return "settled"
                 async with self.db.acquire() as conn:
                     if outcome.kind == "interrupted":
                         await attempts.interrupt(conn, claim.task_id, claim.attempt, outcome.error)
@@ -414,28 +508,6 @@ class Worker:
                             conn, claim.task_id, claim.attempt, outcome.error
                         )
                         log.info("attempt_cancelled")
-                        return "ack"
-                    if outcome.kind == "succeeded":
-                        try:
-                            ok = await attempts.succeed(
-                                conn, claim.task_id, claim.attempt, outcome.result_json
-                            )
-                        except (
-                            asyncpg.DataError,
-                            asyncpg.exceptions.ProgramLimitExceededError,
-                        ) as e:
-                            outcome = Outcome(
-                                "failed",
-                                error=f"result cannot be stored: {e.__class__.__name__}: {e}",
-                                error_type="UnstorableResult",
-                                permanent=True,
-                            )
-                            continue
-                        if ok:
-                            self.metrics.task_completed(claim.type, claim.priority)
-                            log.debug("attempt_succeeded")
-                        else:
-                            log.warning("attempt_fenced", outcome="succeeded")
                         return "ack"
                     s = self.settings
                     failure = await attempts.fail(
@@ -543,6 +615,7 @@ class Worker:
         grace, and none starts once the grace is over.
         """
         grace = self.settings.shutdown_grace
+        self.completions.confirm_acks = True
         log.info(
             "worker_draining", running=len(self.running), handling=len(self.handling), grace_s=grace
         )
@@ -566,6 +639,12 @@ class Worker:
             await heartbeat
             for p in self.pullers.values():
                 await p.close()
+
+
+@functools.lru_cache(maxsize=256)
+def _handler_log(task_type: str) -> EventLogger:
+    """The logger handed to ``task_type``'s handlers (built once per type, not per task)."""
+    return get_logger(f"taskflow.handler.{task_type}")
 
 
 async def _settle(ack: Any) -> None:

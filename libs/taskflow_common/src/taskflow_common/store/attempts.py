@@ -113,6 +113,22 @@ class Refusal:
     worker_id: str = ""
 
 
+def _claim_of(row: asyncpg.Record) -> Claim:
+    return Claim(
+        task_id=row["id"],
+        attempt=row["attempts"],
+        execution_id=row["execution_id"],
+        type=row["type"],
+        payload=row["payload"],
+        priority=row["priority"],
+        timeout_s=row["timeout_s"],
+        max_attempts=row["max_attempts"],
+        failed_attempts=row["failed_attempts"],
+        trace_parent=row["trace_parent"],
+        queue_wait_s=row["queue_wait_s"],
+    )
+
+
 async def claim(
     conn: asyncpg.Connection, task_id: uuid.UUID, dispatch: int, worker_id: str, lease_s: float
 ) -> Claim | Refusal:
@@ -123,19 +139,64 @@ async def claim(
     """
     row = await conn.fetchrow(_CLAIM, task_id, dispatch, worker_id, lease_s)
     if row is not None:
-        return Claim(
-            task_id=row["id"],
-            attempt=row["attempts"],
-            execution_id=row["execution_id"],
-            type=row["type"],
-            payload=row["payload"],
-            priority=row["priority"],
-            timeout_s=row["timeout_s"],
-            max_attempts=row["max_attempts"],
-            failed_attempts=row["failed_attempts"],
-            trace_parent=row["trace_parent"],
-            queue_wait_s=row["queue_wait_s"],
-        )
+        return _claim_of(row)
+    return await diagnose(conn, task_id)
+
+
+# The same claim for many deliveries in one statement (one round trip, one commit): the
+# per-row conditions are exactly _CLAIM's, with $1/$2 taken row by row from the arrays.
+# The caller passes distinct task ids sorted ascending, so that two workers claiming
+# overlapping sets (duplicate deliveries) lock the rows in the same order.
+_CLAIM_MANY = """
+WITH t AS (
+    UPDATE tasks
+       SET status = 'processing', attempts = tasks.attempts + 1, version = tasks.version + 1,
+           dispatch_pending = false, dispatch_seq = d.dispatch,
+           started_at = coalesce(tasks.started_at, now()), updated_at = now()
+      FROM unnest($1::uuid[], $2::int[]) AS d(id, dispatch)
+     WHERE tasks.id = d.id
+       AND tasks.status IN ('queued', 'retrying')
+       AND ((NOT tasks.dispatch_pending AND tasks.dispatch_seq = d.dispatch)
+            OR (tasks.dispatch_pending AND tasks.dispatch_seq + 1 = d.dispatch
+                AND tasks.run_at <= now()))
+ RETURNING tasks.id, tasks.attempts, tasks.type, tasks.payload, tasks.priority,
+           tasks.timeout_s, tasks.max_attempts, tasks.failed_attempts, tasks.trace_parent,
+           extract(epoch FROM now() - tasks.run_at)::float8 AS queue_wait_s
+), e AS (
+    INSERT INTO task_executions (task_id, attempt, status, worker_id, lease_expires_at)
+    SELECT id, attempts, 'started', $3, clock_timestamp() + make_interval(secs => $4) FROM t
+ RETURNING id, task_id
+)
+SELECT t.*, e.id AS execution_id FROM t JOIN e ON e.task_id = t.id
+"""
+
+
+async def claim_many(
+    conn: asyncpg.Connection,
+    deliveries: Sequence[tuple[uuid.UUID, int]],
+    worker_id: str,
+    lease_s: float,
+) -> dict[uuid.UUID, Claim]:
+    """Claim every ``(task_id, dispatch)`` that may claim, in one round trip.
+
+    Task ids must be distinct. Returns the claims by task id; a delivery missing from
+    the result did not claim (ask :func:`diagnose` why). A single delivery uses
+    :data:`_CLAIM`, the statement :func:`claim` runs. Raises asyncpg errors on outage:
+    then nothing is known about any of them (the statement may have committed).
+    """
+    if len(deliveries) == 1:
+        ((task_id, dispatch),) = deliveries
+        row = await conn.fetchrow(_CLAIM, task_id, dispatch, worker_id, lease_s)
+        return {} if row is None else {row["id"]: _claim_of(row)}
+    ordered = sorted(deliveries)
+    rows = await conn.fetch(
+        _CLAIM_MANY, [d[0] for d in ordered], [d[1] for d in ordered], worker_id, lease_s
+    )
+    return {r["id"]: _claim_of(r) for r in rows}
+
+
+async def diagnose(conn: asyncpg.Connection, task_id: uuid.UUID) -> Refusal:
+    """Say why a delivery of ``task_id`` did not claim it (one round trip)."""
     why = await conn.fetchrow(_DIAGNOSE, task_id)
     if why is None:
         return Refusal("unknown_task")
@@ -226,6 +287,52 @@ async def succeed(
     ``\\u0000`` in a string); callers treat that as a permanent failure of the attempt.
     """
     return await conn.fetchval(_SUCCEED, task_id, attempt, result_json) is not None
+
+
+# The same as _SUCCEED for many attempts in one statement: each row is fenced exactly as
+# _SUCCEED fences it (the task's current attempt, still processing; the execution still
+# started). Results travel as JSON text and are cast per row.
+_SUCCEED_MANY = """
+WITH d AS (
+    SELECT * FROM unnest($1::uuid[], $2::int[], $3::text[]) AS d(id, attempt, result)
+), t AS (
+    UPDATE tasks
+       SET status = 'completed', result = d.result::jsonb, version = tasks.version + 1,
+           finished_at = now(), updated_at = now()
+      FROM d
+     WHERE tasks.id = d.id AND tasks.attempts = d.attempt AND tasks.status = 'processing'
+ RETURNING tasks.id, tasks.attempts
+)
+UPDATE task_executions AS x
+   SET status = 'succeeded', finished_at = now(),
+       duration_ms = extract(epoch FROM now() - x.started_at) * 1000
+  FROM t
+ WHERE x.task_id = t.id AND x.attempt = t.attempts AND x.status = 'started'
+RETURNING x.task_id, x.attempt
+"""
+
+
+async def succeed_many(
+    conn: asyncpg.Connection, outcomes: Sequence[tuple[uuid.UUID, int, str]]
+) -> set[tuple[uuid.UUID, int]]:
+    """Record success for each ``(task_id, attempt, result_json)`` in one statement.
+
+    Returns the ``(task_id, attempt)`` pairs recorded; one missing was fenced (a task id
+    may appear with two attempts, e.g. a lost attempt still finishing: at most the
+    task's current one is recorded).
+    All or nothing: when Postgres refuses any result (``asyncpg.DataError`` and the
+    like, as :func:`succeed` raises), none is written and the caller must fall back to
+    :func:`succeed` per row to learn which one.
+    """
+    if len(outcomes) == 1:
+        ((task_id, attempt, result_json),) = outcomes
+        ok = await succeed(conn, task_id, attempt, result_json)
+        return {(task_id, attempt)} if ok else set()
+    ordered = sorted(outcomes)  # the same lock order in every batch
+    rows = await conn.fetch(
+        _SUCCEED_MANY, [o[0] for o in ordered], [o[1] for o in ordered], [o[2] for o in ordered]
+    )
+    return {(r["task_id"], r["attempt"]) for r in rows}
 
 
 # $1 task, $2 attempt, $3 error, $4 error_type, $5 permanent, $6 backoff seconds,
