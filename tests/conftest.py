@@ -21,6 +21,7 @@ import secrets
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
+import asyncpg
 import pytest
 
 from taskflow_common.devstack.servers import NatsServer, free_port
@@ -100,6 +101,16 @@ async def database_url(pg_server: PgHandle, pg_template: str) -> AsyncIterator[s
     finally:
         pg_server.heal()
         await drop_database(pg_server, name)
+
+
+@pytest.fixture
+async def db(database_url: str) -> AsyncIterator[asyncpg.Connection]:
+    """A connection of the test's own to its database: plays a service, reads rows."""
+    conn = await asyncpg.connect(database_url)
+    try:
+        yield conn
+    finally:
+        await conn.close()
 
 
 @pytest.fixture

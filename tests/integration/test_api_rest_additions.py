@@ -57,16 +57,6 @@ async def api(api_env: dict[str, str]) -> AsyncIterator[falcon.testing.ASGICondu
         yield client
 
 
-@pytest.fixture
-async def db(database_url: str) -> AsyncIterator[asyncpg.Connection]:
-    """A connection of our own: plays the worker and reads rows."""
-    conn = await asyncpg.connect(database_url)
-    try:
-        yield conn
-    finally:
-        await conn.close()
-
-
 async def _listening(client: falcon.testing.ASGIConductor, waiters: int = 0) -> None:
     """Wait until the API's LISTEN connection is up with at least ``waiters`` parked."""
 

@@ -4,21 +4,11 @@ for many deliveries, fenced row by row exactly as the single-row statements are.
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator
 
 import asyncpg
 import pytest
 
 from taskflow_common.store import attempts
-
-
-@pytest.fixture
-async def db(database_url: str) -> AsyncIterator[asyncpg.Connection]:
-    conn = await asyncpg.connect(database_url)
-    try:
-        yield conn
-    finally:
-        await conn.close()
 
 
 async def _new_task(db: asyncpg.Connection, status: str = "queued") -> uuid.UUID:

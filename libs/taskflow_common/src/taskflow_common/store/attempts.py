@@ -125,7 +125,7 @@ def _claim_of(row: asyncpg.Record) -> Claim:
         max_attempts=row["max_attempts"],
         failed_attempts=row["failed_attempts"],
         trace_parent=row["trace_parent"],
-        queue_wait_s=row["queue_wait_s"],
+        queue_wait_s=row.get("queue_wait_s"),  # absent for an adopted claim
     )
 
 
@@ -244,20 +244,7 @@ async def adopt(
     or None when the attempt is no longer open (e.g. the reaper abandoned it).
     """
     row = await conn.fetchrow(_ADOPT, task_id, attempt, dispatch, worker_id, lease_s)
-    if row is None:
-        return None
-    return Claim(
-        task_id=row["id"],
-        attempt=row["attempts"],
-        execution_id=row["execution_id"],
-        type=row["type"],
-        payload=row["payload"],
-        priority=row["priority"],
-        timeout_s=row["timeout_s"],
-        max_attempts=row["max_attempts"],
-        failed_attempts=row["failed_attempts"],
-        trace_parent=row["trace_parent"],
-    )
+    return None if row is None else _claim_of(row)
 
 
 # --- finishing an attempt -------------------------------------------------------------
