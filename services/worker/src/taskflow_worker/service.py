@@ -529,7 +529,11 @@ class Worker:
                         error_type=outcome.error_type,
                         permanent=outcome.permanent,
                         task_status=failure.status if failure else "fenced",
-                        retry_at=str(failure.run_at) if failure else None,
+                        retry_at=(
+                            str(failure.run_at)
+                            if failure and failure.status == "retrying"
+                            else None
+                        ),
                     )
                     return "ack"
             except OUTAGE as exc:
