@@ -8,6 +8,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+RUN_STAMP := $(VENV)/.installed-run
 PYTEST_ARGS ?=
 
 # The services that exist in this checkout (each has its own pyproject.toml).
@@ -21,10 +22,10 @@ BROWSER_NOTE := $(VENV)/.chromium-unavailable
 DOCKERFILES := $(wildcard services/*/Dockerfile)
 
 .DEFAULT_GOAL := help
-.PHONY: help venv install browser run servers migrate stop test lint bench chaos clean
+.PHONY: help venv install install-run browser run servers migrate stop test lint bench chaos clean
 
 help: ## List the targets
-	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  %-10s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  %-12s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 	@echo "Variables: PYTHON=$(PYTHON) (3.11+), PYTEST_ARGS='...' for make test"
 
 $(BIN)/python:
@@ -36,24 +37,33 @@ $(BIN)/python:
 
 venv: $(BIN)/python ## Create .venv (Python 3.11+)
 
-$(STAMP): $(BIN)/python constraints.txt libs/taskflow_common/pyproject.toml libs/taskflow_client/pyproject.toml $(SERVICE_PROJECTS)
+# Two stamps: what `make run` needs (the library, the client and the services, with the
+# embedded servers), and on top of it the test and lint tools (`make test`, `make lint`).
+# A fresh `make run` so installs only the first set.
+$(RUN_STAMP): $(BIN)/python constraints.txt libs/taskflow_common/pyproject.toml libs/taskflow_client/pyproject.toml $(SERVICE_PROJECTS)
 	$(if $(MISSING_SERVICES),@echo "warning: no pyproject.toml yet for: $(MISSING_SERVICES); not installed" >&2)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -c constraints.txt \
 	  -e 'libs/taskflow_common[devstack]' \
 	  -e libs/taskflow_client \
-	  $(SERVICE_PROJECTS:%/pyproject.toml=-e %) \
+	  $(SERVICE_PROJECTS:%/pyproject.toml=-e %)
+	@touch $@
+
+$(STAMP): $(RUN_STAMP)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -c constraints.txt \
 	  $(TEST_TOOLS)
 	@touch $@
 
 install: $(STAMP) ## Install the library, the services and the dev tools into .venv (idempotent)
 
-run: install ## Start Postgres, NATS, migrations and all services; Ctrl-C stops them
+install-run: $(RUN_STAMP) ## Install only what make run needs (the library, the client, the services)
+
+run: install-run ## Start Postgres, NATS, migrations and all services; Ctrl-C stops them
 	$(BIN)/python -m taskflow_common.devstack run
 
-servers: install ## Start only Postgres and NATS (migrated); prints DATABASE_URL and NATS_URL
+servers: install-run ## Start only Postgres and NATS (migrated); prints DATABASE_URL and NATS_URL
 	$(BIN)/python -m taskflow_common.devstack servers
 
-migrate: install ## Apply migrations/ to the dev database (DATABASE_URL or the embedded one)
+migrate: install-run ## Apply migrations/ to the dev database (DATABASE_URL or the embedded one)
 	$(BIN)/python -m taskflow_common.devstack migrate
 
 stop: ## Stop embedded servers and services left running by an earlier run
