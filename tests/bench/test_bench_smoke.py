@@ -75,5 +75,6 @@ def test_bench_produces_every_figure(tmp_path: Path) -> None:
             assert math.isfinite(value), (key, part, value)
         assert fig["min"] <= fig["median"] <= fig["max"], key
     for key in ("nats_msgs_per_task", "pg_xacts_per_task", "cpu_s_per_1000_worker",
-                "scale_2_workers_tasks_per_s", "loadgen_ceiling_req_per_s"):  # fmt: skip
+                "scale_2_workers_tasks_per_s", "loadgen_ceiling_req_per_s",
+                "intake_single_tasks_per_s"):  # fmt: skip
         assert isinstance(figures[key]["median"], int | float), key
