@@ -119,6 +119,8 @@ async def test_options_are_stored_and_shown(
         ({"run_at": "2030-01-01 00:00:00"}, "run_at"),
         ({"run_at": "2030-02-30T00:00:00Z"}, "run_at"),
         ({"run_at": 1893456000}, "run_at"),
+        ({"run_at": "0001-01-01T00:00:00+14:00"}, "run_at"),  # before year 1 in UTC
+        ({"run_at": "9999-12-31T23:59:59-14:00"}, "run_at"),  # after year 9999 in UTC
         ({"delay_ms": -1}, "delay_ms"),
         ({"delay_ms": 31_536_000_001}, "delay_ms"),
         ({"delay_ms": 1.5}, "delay_ms"),
@@ -434,6 +436,50 @@ async def test_wait_answers_as_soon_as_the_task_finishes(
     assert (result.json["task"]["status"], result.json["task"]["result"]) == ("completed", {"r": 1})
     assert answered - finished < 1.0, f"answered {answered - finished:.3f} s after the commit"
     assert answered - started < 10
+
+
+async def test_wait_and_events_do_not_queue_behind_a_locked_task_row(
+    api_env: dict[str, str], db: asyncpg.Connection
+) -> None:
+    """A dispatcher waiting for PubAcks (NATS down) holds due rows locked for seconds.
+
+    ``?wait`` and ``/events`` only read: they answer in about their own time while the
+    row is locked, and the change that follows the lock is still seen (a regression of
+    migration 0003's watch UPDATE, which queued behind the lock and timed out as 503).
+    """
+    app = create_app(settings_from(api_env, DB_STATEMENT_TIMEOUT="2s"))
+    async with serving(app) as base, httpx.AsyncClient(base_url=base, timeout=10) as client:
+        task = (await client.post(TASKS, json={"type": "demo"})).json()["task"]
+        tid = uuid.UUID(task["id"])
+        async with db.transaction():  # plays the dispatcher's locked outbox pass
+            await db.execute("SELECT 1 FROM tasks WHERE id = $1 FOR UPDATE", tid)
+            started = time.monotonic()
+            answer = await client.get(f"{TASKS}/{tid}", params={"wait": "300ms"})
+            elapsed = time.monotonic() - started
+            assert answer.status_code == 200, answer.text
+            assert answer.json()["task"]["status"] == "queued"
+            assert elapsed < 1.5, f"?wait=300ms took {elapsed:.2f} s behind a row lock"
+            seen: list[str] = []
+            async with client.stream("GET", f"{TASKS}/{tid}/events") as response:
+                assert response.status_code == 200
+                async for name, data in _events(response):
+                    if name == ":":
+                        continue
+                    seen.append(data["status"])
+                    break
+        assert seen == ["queued"]
+        # The lock is gone; the claim that follows is heard by a waiter.
+        waiting = asyncio.create_task(client.get(f"{TASKS}/{tid}", params={"wait": "10s"}))
+
+        async def parked() -> bool:
+            health = (await client.get("/api/v1/health")).json()
+            return bool(health["checks"]["events"]["waiters"] >= 1)
+
+        await wait_for(parked, 5, what="the waiter to park")
+        claim = await _claim(db, task["id"])
+        assert await attempts.succeed(db, claim.task_id, claim.attempt, "1")
+        done = await asyncio.wait_for(waiting, 5)
+        assert done.json()["task"]["status"] == "completed"
 
 
 async def test_wait_ends_with_the_current_state(

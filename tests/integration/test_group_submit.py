@@ -1,15 +1,13 @@
-"""Group commit of single submits and watched-task notifications, against a real Postgres.
+"""Group commit of single submits and the task events it leads to, against a real Postgres.
 
 :class:`~taskflow_ingest_api.submitter.GroupSubmitter` (concurrent single POSTs share one
-INSERT) and :func:`taskflow_common.store.events.watch` (migration 0003: only watched
-tasks notify their status changes).
+INSERT), and what migrations 0002-0004 notify on ``taskflow_task_events``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-import uuid
 from collections.abc import AsyncIterator
 
 import asyncpg
@@ -113,16 +111,18 @@ async def test_keyed_submits_are_refused() -> None:
         await submitter.submit(TaskSpec(type="demo", idempotency_key="k"), None)
 
 
-# -- watched tasks ---------------------------------------------------------------------------
+# -- task events ------------------------------------------------------------------------------
 
 
-async def test_only_watched_tasks_notify_their_status_changes(
+async def test_a_claim_and_a_success_notify_one_task_event_each(
     database: Database, database_url: str
 ) -> None:
+    """Migrations 0003/0004: every task status change notifies; the execution's insert and
+    its success (same statements) send nothing of their own; a failure does."""
     submitter = GroupSubmitter(lambda: database, max_bytes=1 << 20)
-    (quiet, _), (watched, _) = await asyncio.gather(
+    (ok, _), (bad, _) = await asyncio.gather(
         submitter.submit(TaskSpec(type="demo"), None),
-        submitter.submit(TaskSpec(type="demo"), None),
+        submitter.submit(TaskSpec(type="demo", max_attempts=1), None),
     )
     got: asyncio.Queue[str] = asyncio.Queue()
     listen = await asyncpg.connect(database_url)
@@ -130,43 +130,28 @@ async def test_only_watched_tasks_notify_their_status_changes(
         await listen.add_listener(
             task_events.CHANNEL, lambda _c, _p, _ch, payload: got.put_nowait(payload)
         )
-        await _changes(database, quiet, watched)
-        received = [await asyncio.wait_for(got.get(), 10) for _ in range(2)]
+        async with database.acquire() as conn:
+            for row in (ok, bad):
+                claim = await attempts.claim(conn, row["id"], 1, "w", 30.0)
+                assert isinstance(claim, attempts.Claim)
+            assert await attempts.succeed(conn, ok["id"], 1, "null")
+            failed = await attempts.fail(
+                conn, bad["id"], 1, error="boom", error_type="E", permanent=True, backoff_s=0
+            )
+            assert failed is not None
+            assert failed.status == "failed"
+        received = [await asyncio.wait_for(got.get(), 10) for _ in range(5)]
+        # Notifications arrive in commit order; one more would have arrived by now.
+        await listen.execute("SELECT pg_notify($1, 'end')", task_events.CHANNEL)
+        assert await asyncio.wait_for(got.get(), 10) == "end"
     finally:
         await listen.close()
-    assert received == [
-        f"task:{watched['id']}:processing:2",
-        f"task:{watched['id']}:completed:3",
-    ]
-    assert got.empty()
-
-
-async def _changes(database: Database, quiet: asyncpg.Record, watched: asyncpg.Record) -> None:
-    async with database.acquire() as conn:
-        assert await task_events.watch(conn, watched["id"])
-        assert not await task_events.watch(conn, uuid.uuid4())
-        # The unwatched task changes first; notifications arrive in commit order, so once
-        # the watched task's has arrived, the unwatched one's would have too.
-        for row in (quiet, watched):
-            claim = await attempts.claim(conn, row["id"], 1, "w", 30.0)
-            assert isinstance(claim, attempts.Claim)
-            assert await attempts.succeed(conn, row["id"], 1, "null")
-
-
-async def test_renewing_watches_skips_locked_rows(database: Database) -> None:
-    submitter = GroupSubmitter(lambda: database, max_bytes=1 << 20)
-    (free, _), (busy, _) = await asyncio.gather(
-        submitter.submit(TaskSpec(type="demo"), None),
-        submitter.submit(TaskSpec(type="demo"), None),
+    assert sorted(received) == sorted(
+        [
+            f"task:{ok['id']}:processing:2",
+            f"task:{bad['id']}:processing:2",
+            f"task:{ok['id']}:completed:3",
+            f"execution:{bad['id']}:1:failed",
+            f"task:{bad['id']}:failed:3",
+        ]
     )
-    async with database.acquire() as holder, database.acquire() as conn:
-        async with holder.transaction():
-            await holder.execute("SELECT 1 FROM tasks WHERE id = $1 FOR UPDATE", busy["id"])
-            renewed = await task_events.renew_watches(conn, [free["id"], busy["id"]])
-        assert renewed == {free["id"]}
-        assert await task_events.renew_watches(conn, [busy["id"]]) == {busy["id"]}
-        left = await conn.fetchval(
-            "SELECT extract(epoch FROM watched_until - now()) FROM tasks WHERE id = $1",
-            free["id"],
-        )
-        assert 25 < left <= task_events.WATCH_TTL_S

@@ -1,10 +1,9 @@
 """Awaitable results: ``GET /api/v1/tasks/{id}?wait=...`` and ``GET .../events`` (SSE).
 
 Neither polls Postgres. A request registers a :class:`~taskflow_ingest_api.waiters.Waiter`
-on its task and marks the task watched in Postgres (:func:`taskflow_common.store.events.watch`:
-only watched tasks notify their status changes, migration 0003) *before* reading it, then
-parks until the API's LISTEN connection hears of a change to that task or its own
-deadline passes, and only then reads the rows again.
+on its task *before* reading it, then parks until the API's LISTEN connection hears of a
+change to that task (migration 0002's trigger) or its own deadline passes, and only then
+reads the rows again.
 """
 
 from __future__ import annotations
@@ -22,7 +21,6 @@ import orjson
 from taskflow_common.errors import NotFoundError, UnavailableError
 from taskflow_common.http import parse_uuid
 from taskflow_common.logs import get_logger
-from taskflow_common.store import events as task_events
 from taskflow_common.store import tasks as store
 from taskflow_common.store.rows import TERMINAL_STATUSES, execution_json, task_json
 from taskflow_ingest_api.deps import Deps
@@ -73,9 +71,7 @@ class TaskResource:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + wait_s
         with events.watch(task_id) as waiter:
-            async with self._deps.database().acquire() as conn:
-                await task_events.watch(conn, task_id)
-                row = await store.get(conn, task_id)
+            row = await self._read(task_id)
             while row["status"] not in TERMINAL_STATUSES:
                 remaining = deadline - loop.time()
                 if remaining <= 0 or events.closing:
@@ -116,7 +112,7 @@ class EventsResource:
         tid = parse_uuid(task_id)
         waiter = self._deps.task_events().watch(tid)
         try:
-            task, attempts = await self._read(tid, watch=True)
+            task, attempts = await self._read(tid)
         except BaseException:
             waiter.close()
             raise
@@ -124,12 +120,8 @@ class EventsResource:
         resp.set_header("X-Accel-Buffering", "no")  # proxies: do not buffer the stream
         resp.sse = self._stream(waiter, task, attempts)
 
-    async def _read(
-        self, task_id: uuid.UUID, *, watch: bool = False
-    ) -> tuple[asyncpg.Record, list[asyncpg.Record]]:
+    async def _read(self, task_id: uuid.UUID) -> tuple[asyncpg.Record, list[asyncpg.Record]]:
         async with self._deps.database().acquire() as conn:
-            if watch:  # before the first read: see taskflow_common.store.events.watch
-                await task_events.watch(conn, task_id)
             task = await store.get(conn, task_id)
             attempts = await store.executions(conn, task_id)
         return task, attempts

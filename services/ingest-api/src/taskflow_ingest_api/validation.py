@@ -217,8 +217,10 @@ def _spec_problems(body: SubmitBody, prefix: str, max_depth: int) -> list[FieldE
     ]
     if body.run_at is not None:
         try:
-            dt.datetime.fromisoformat(body.run_at.upper())
-        except ValueError:
+            # In UTC too: "0001-01-01T00:00:00+14:00" parses, but is before year 1 in UTC,
+            # which neither Python nor the driver can represent (it failed as a 500).
+            dt.datetime.fromisoformat(body.run_at.upper()).astimezone(dt.UTC)
+        except (ValueError, OverflowError):
             problems.append(FieldError(f"{prefix}run_at", RUN_AT_RULE))
         if body.delay_ms is not None:
             problems.append(FieldError(f"{prefix}delay_ms", "give run_at or delay_ms, not both"))

@@ -2,25 +2,18 @@
 
 ``GET /api/v1/tasks/{id}?wait=...`` and ``GET /api/v1/tasks/{id}/events`` park on a
 :class:`Waiter` instead of polling Postgres. :class:`TaskEvents` holds a single
-connection listening on :data:`~taskflow_common.store.events.CHANNEL` (migrations 0002
-and 0003 notify it at commit of every status change of a *watched* task, and of
-execution status changes that come without one) and hands each notification to the
-waiters of that task (a dict lookup). A parked waiter costs an ``asyncio.Event`` and a
-timer: hundreds of them use no CPU while nothing happens.
-
-Only watched tasks notify, so that the tasks nobody waits on (nearly all of them) cost
-no notification: the request marks its task watched
-(:func:`~taskflow_common.store.events.watch`) after registering its waiter and before
-its first read, and this module's keep-alive renews the watch of every task still waited
-on every :data:`KEEPALIVE_S` (a watch lasts
-:data:`~taskflow_common.store.events.WATCH_TTL_S`).
+connection listening on :data:`~taskflow_common.store.events.CHANNEL` (migrations
+0002-0004 notify it at commit of every task status change, and of every execution status
+change other than ``succeeded``; an execution's insert and its success come in the
+statement that changes the task's status) and hands each notification to the waiters
+of that task (a dict lookup). A parked waiter costs an ``asyncio.Event`` and a timer:
+hundreds of them use no CPU while nothing happens.
 
 Waiters re-read the rows themselves when woken; notifications are only hints. What
-can be missed is covered so: a waiter registers and watches *before* its first read (a
-change committed after that read is notified to it); while the LISTEN connection is down
-nothing is notified, so on every (re)connect the watches are renewed and all waiters
-are woken to re-read; a waiter whose wake-up never comes still re-reads when its own
-deadline ends.
+can be missed is covered so: a waiter registers *before* its first read (a change
+committed after that read is notified to it); while the LISTEN connection is down
+nothing is notified, so on every (re)connect all waiters are woken to re-read; a
+waiter whose wake-up never comes still re-reads when its own deadline ends.
 """
 
 from __future__ import annotations
@@ -38,13 +31,12 @@ from taskflow_common.config import CommonSettings
 from taskflow_common.db import TRANSIENT_ERRORS as PG_ERRORS
 from taskflow_common.lifecycle import wait_any
 from taskflow_common.logs import get_logger
-from taskflow_common.store.events import CHANNEL, TaskEvent, renew_watches
+from taskflow_common.store.events import CHANNEL, TaskEvent
 
 log = get_logger(__name__)
 
 KEEPALIVE_S = 5.0
-"""How often the LISTEN connection renews the watches of the tasks waited on (or runs
-``SELECT 1`` when there are none), which also notices a dead server (seconds)."""
+"""How often the idle LISTEN connection runs ``SELECT 1`` to notice a dead server."""
 RECONNECT_MAX_S = 5.0
 """Longest pause between reconnect attempts (backoff from 0.1 s)."""
 
@@ -176,10 +168,8 @@ class TaskEvents:
                 conn = await dbmod.connect(self._settings)
                 conn.add_termination_listener(lambda _conn, lost=lost: lost.set())
                 await conn.add_listener(CHANNEL, self._notified)
-                # Watches may have run out while we were away: renew them, then (anything
-                # may have changed while nobody listened) every waiter re-reads.
-                await renew_watches(conn, list(self._waiters))
                 self.listening = True
+                # Anything may have changed while nobody listened: every waiter re-reads.
                 self._wake_all()
                 log.info("task_events_listening", channel=CHANNEL)
                 delay = 0.1
@@ -202,10 +192,6 @@ class TaskEvents:
         while not stop.is_set() and not lost.is_set() and not conn.is_closed():
             await wait_any(stop, lost, KEEPALIVE_S)
             if not stop.is_set() and not lost.is_set():
-                # A frozen or half-open server shows here.
-                if self._waiters:
-                    await renew_watches(conn, list(self._waiters))
-                else:
-                    await conn.fetchval("SELECT 1")
+                await conn.fetchval("SELECT 1")  # a frozen or half-open server shows here
         if lost.is_set():
             log.warning("task_events_connection_lost")

@@ -148,9 +148,12 @@ class Completions:
                 try:
                     recorded = await attempts.succeed_many(conn, rows)
                     verdicts = {p: (p.task_id, p.attempt) in recorded for p in batch}
-                except REFUSED:
+                except (*REFUSED, asyncpg.exceptions.TransactionRollbackError):
                     # Which row did Postgres refuse? Ask row by row, each with its own
-                    # verdict (the batch statement wrote nothing).
+                    # verdict (the batch statement wrote nothing). Also after a deadlock
+                    # (40P01, e.g. with a lease renewal locking the same executions in
+                    # another order) or a serialization failure: one row at a time takes
+                    # its locks in one order and cannot deadlock with itself.
                     for p in batch:
                         verdicts[p] = await self._write_one(conn, p)
         except _OUTAGE as exc:
@@ -166,14 +169,21 @@ class Completions:
                 p.done.set_exception(verdict)
 
     async def _write_one(self, conn: asyncpg.Connection, p: _Pending) -> bool | BaseException:
-        try:
-            return await attempts.succeed(conn, p.task_id, p.attempt, p.result_json)
-        except REFUSED as exc:
-            err = UnstorableResult(f"{exc.__class__.__name__}: {exc}")
-            err.__cause__ = exc
-            return err
-        except _OUTAGE as exc:
-            return exc
+        for tries_left in (2, 1, 0):
+            try:
+                return await attempts.succeed(conn, p.task_id, p.attempt, p.result_json)
+            except asyncpg.exceptions.TransactionRollbackError as exc:
+                # A deadlock aborts the statement, not the attempt: write it again.
+                if not tries_left:
+                    raise
+                log.warning("completion_retried", error=repr(exc))
+            except REFUSED as exc:
+                err = UnstorableResult(f"{exc.__class__.__name__}: {exc}")
+                err.__cause__ = exc
+                return err
+            except _OUTAGE as exc:
+                return exc
+        raise AssertionError("unreachable")  # pragma: no cover - the loop returns or raises
 
     async def _ack(self, items: list[_Pending]) -> None:
         if not items:

@@ -605,6 +605,12 @@ class Worker:
             except OUTAGE as exc:
                 log.warning("lease_renew_unavailable", error=repr(exc))
                 continue
+            except Exception as exc:
+                # Any other error (a deadlock with a completion batch, a bug) must not end
+                # the beat: every running attempt would then lose its lease and be taken
+                # over while alive. Try again on the next beat.
+                log.error("lease_renew_failed", error=f"{exc.__class__.__name__}: {exc}")
+                continue
             for r in running:
                 if r.claim.execution_id not in alive and r.task is not None:
                     r.stop("lease_lost")
