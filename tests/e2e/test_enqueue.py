@@ -32,12 +32,9 @@ async def stack(service_env: dict[str, str], services: ServiceFactory) -> AsyncI
 
 
 @pytest.fixture
-async def conn(database_url: str) -> AsyncIterator[asyncpg.Connection]:
-    c = await asyncpg.connect(database_url)
-    try:
-        yield c
-    finally:
-        await c.close()
+def conn(db: asyncpg.Connection) -> asyncpg.Connection:
+    """The application's own connection, in whose transactions tasks are enqueued."""
+    return db
 
 
 async def test_rolled_back_enqueue_leaves_no_task_and_nothing_runs(
