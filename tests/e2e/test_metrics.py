@@ -16,6 +16,7 @@ import pytest
 
 from taskflow_common import metrics
 from taskflow_common.devstack.servers import free_port
+from taskflow_worker.metrics import WorkerMetrics
 from tests.support.procs import ServiceFactory
 from tests.support.scrape import Scrape, families_of, scrape, total
 from tests.support.stack import Stack
@@ -185,7 +186,8 @@ async def test_counts_match_after_100_tasks(stack: Stack) -> None:
 
 
 async def test_every_service_exports_its_declared_metrics(stack: Stack) -> None:
-    """What a scrape shows is what ``taskflow_common.metrics`` declares, family by family
+    """What a scrape shows is what ``taskflow_common.metrics`` (and the worker's
+    ``taskflow_worker.metrics``) declares, family by family
     (so the dashboard and rules check against the real names)."""
     declared = {
         "ingest-api": metrics.ApiMetrics,
@@ -199,7 +201,7 @@ async def test_every_service_exports_its_declared_metrics(stack: Stack) -> None:
         make(registry)
         assert families_of(registry) <= got[role][0].families, role
     registry = metrics.new_registry()
-    metrics.WorkerMetrics(registry, slots=1)
+    WorkerMetrics(registry, slots=1)
     for worker in got["worker"]:
         assert families_of(registry) <= worker.families
 

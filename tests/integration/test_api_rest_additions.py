@@ -28,6 +28,7 @@ from taskflow_common.config import load
 from taskflow_common.devstack.servers import NatsServer
 from taskflow_common.messages import CancelRequest
 from taskflow_common.store import attempts
+from taskflow_common.store import claims as claim_store
 from taskflow_common.subjects import Names
 from taskflow_ingest_api.app import create_app
 from taskflow_ingest_api.openapi import PROBLEM_CODES, document
@@ -73,10 +74,10 @@ async def _submit(client: falcon.testing.ASGIConductor, **body: Any) -> dict[str
     return result.json["task"]  # type: ignore[no-any-return]
 
 
-async def _claim(db: asyncpg.Connection, task_id: str) -> attempts.Claim:
+async def _claim(db: asyncpg.Connection, task_id: str) -> claim_store.Claim:
     """Claim the task as a worker would for its first dispatch."""
-    claim = await attempts.claim(db, uuid.UUID(task_id), 1, "test-worker", 30.0)
-    assert isinstance(claim, attempts.Claim), claim
+    claim = await claim_store.claim(db, uuid.UUID(task_id), 1, "test-worker", 30.0)
+    assert isinstance(claim, claim_store.Claim), claim
     return claim
 
 
@@ -310,8 +311,8 @@ async def test_cancel_a_queued_task(
     )
     assert row["dispatch_pending"] is False, "the dispatcher must never publish it"
     # A copy already on the bus cannot claim it.
-    refusal = await attempts.claim(db, uuid.UUID(task["id"]), 1, "w", 30.0)
-    assert isinstance(refusal, attempts.Refusal)
+    refusal = await claim_store.claim(db, uuid.UUID(task["id"]), 1, "w", 30.0)
+    assert isinstance(refusal, claim_store.Refusal)
     assert refusal.verdict == "already_done"
     again = await api.simulate_post(f"{TASKS}/{task['id']}/cancel")
     assert "cancelled" in assert_problem(again, 409, "invalid_state")["detail"]
@@ -397,8 +398,8 @@ async def test_retry_a_failed_task_keeps_its_history(
     assert [(e["attempt"], e["status"]) for e in executions] == [(1, "failed")]
     # The next claim numbers on from the last attempt.
     row = await db.fetchrow("SELECT dispatch_seq FROM tasks WHERE id = $1", uuid.UUID(task["id"]))
-    second = await attempts.claim(db, claim.task_id, row["dispatch_seq"] + 1, "w", 30.0)
-    assert isinstance(second, attempts.Claim)
+    second = await claim_store.claim(db, claim.task_id, row["dispatch_seq"] + 1, "w", 30.0)
+    assert isinstance(second, claim_store.Claim)
     assert second.attempt == 2
     again = await api.simulate_post(f"{TASKS}/{task['id']}/retry")
     assert "processing" in assert_problem(again, 409, "invalid_state")["detail"]
@@ -617,8 +618,8 @@ async def test_event_stream_of_a_finished_task_is_its_history(
             backoff_s=0,
         )
         row = await db.fetchrow("SELECT dispatch_seq FROM tasks WHERE id = $1", claim.task_id)
-        second = await attempts.claim(db, claim.task_id, row["dispatch_seq"] + 1, "w", 30.0)
-        assert isinstance(second, attempts.Claim)
+        second = await claim_store.claim(db, claim.task_id, row["dispatch_seq"] + 1, "w", 30.0)
+        assert isinstance(second, claim_store.Claim)
         await attempts.succeed(db, claim.task_id, second.attempt, "2")
         async with client.stream("GET", f"{TASKS}/{task['id']}/events") as response:
             seen = [(n, d["status"]) async for n, d in _events(response)]

@@ -9,6 +9,7 @@ import asyncpg
 import pytest
 
 from taskflow_common.store import attempts
+from taskflow_common.store import claims as claim_store
 
 
 async def _new_task(db: asyncpg.Connection, status: str = "queued") -> uuid.UUID:
@@ -37,7 +38,7 @@ async def test_one_claim_for_many_deliveries_fenced_row_by_row(db: asyncpg.Conne
     stale = await _new_task(db)
     missing = uuid.uuid4()
     deliveries = [(t, 1) for t in fresh] + [(done, 1), (stale, 7), (missing, 1)]
-    claims = await attempts.claim_many(db, deliveries, "w1", 30.0)
+    claims = await claim_store.claim_many(db, deliveries, "w1", 30.0)
     assert set(claims) == set(fresh)
     for t in fresh:
         c = claims[t]
@@ -52,25 +53,25 @@ async def test_one_claim_for_many_deliveries_fenced_row_by_row(db: asyncpg.Conne
     # The refused ones were left alone and say why, as a single claim would.
     assert await _statuses(db, done) == ("completed", [])
     assert await _statuses(db, stale) == ("queued", [])
-    assert await attempts.diagnose(db, done) == attempts.Refusal("already_done")
-    assert await attempts.diagnose(db, stale) == attempts.Refusal("stale")
-    assert await attempts.diagnose(db, missing) == attempts.Refusal("unknown_task")
+    assert await claim_store.diagnose(db, done) == claim_store.Refusal("already_done")
+    assert await claim_store.diagnose(db, stale) == claim_store.Refusal("stale")
+    assert await claim_store.diagnose(db, missing) == claim_store.Refusal("unknown_task")
     # A second delivery of the same dispatch claims nothing: the attempt is owned.
-    assert await attempts.claim_many(db, [(t, 1) for t in fresh], "w2", 30.0) == {}
-    refusal = await attempts.diagnose(db, fresh[0])
+    assert await claim_store.claim_many(db, [(t, 1) for t in fresh], "w2", 30.0) == {}
+    refusal = await claim_store.diagnose(db, fresh[0])
     assert (refusal.verdict, refusal.attempt, refusal.worker_id) == ("owned_elsewhere", 1, "w1")
 
 
 async def test_a_batch_of_one_is_the_single_claim(db: asyncpg.Connection) -> None:
     task = await _new_task(db)
-    claims = await attempts.claim_many(db, [(task, 1)], "w1", 30.0)
+    claims = await claim_store.claim_many(db, [(task, 1)], "w1", 30.0)
     assert list(claims) == [task]
-    assert await attempts.claim_many(db, [(task, 1)], "w1", 30.0) == {}
+    assert await claim_store.claim_many(db, [(task, 1)], "w1", 30.0) == {}
 
 
 async def test_one_completion_for_many_attempts_fenced_row_by_row(db: asyncpg.Connection) -> None:
     tasks = [await _new_task(db) for _ in range(4)]
-    claims = await attempts.claim_many(db, [(t, 1) for t in tasks], "w1", 30.0)
+    claims = await claim_store.claim_many(db, [(t, 1) for t in tasks], "w1", 30.0)
     # Fenced: one attempt was cancelled meanwhile, one is given a wrong attempt number.
     assert await attempts.mark_cancelled(db, tasks[2], 1, "cancelled by request")
     rows = [
@@ -98,7 +99,7 @@ async def test_one_completion_for_many_attempts_fenced_row_by_row(db: asyncpg.Co
 
 async def test_a_refused_result_refuses_the_whole_statement(db: asyncpg.Connection) -> None:
     tasks = [await _new_task(db) for _ in range(2)]
-    await attempts.claim_many(db, [(t, 1) for t in tasks], "w1", 30.0)
+    await claim_store.claim_many(db, [(t, 1) for t in tasks], "w1", 30.0)
     with pytest.raises(asyncpg.DataError):
         await attempts.succeed_many(db, [(tasks[0], 1, '"ok"'), (tasks[1], 1, '"\\u0000"')])
     # Nothing was written: the caller falls back to one statement per row.

@@ -17,6 +17,7 @@ from taskflow_common.config import CommonSettings, load
 from taskflow_common.db import Database, open_pool
 from taskflow_common.errors import UnavailableError
 from taskflow_common.store import attempts
+from taskflow_common.store import claims as claim_store
 from taskflow_common.store import events as task_events
 from taskflow_common.store.tasks import TaskSpec
 from taskflow_ingest_api.submitter import GroupSubmitter
@@ -132,8 +133,8 @@ async def test_a_claim_and_a_success_notify_one_task_event_each(
         )
         async with database.acquire() as conn:
             for row in (ok, bad):
-                claim = await attempts.claim(conn, row["id"], 1, "w", 30.0)
-                assert isinstance(claim, attempts.Claim)
+                claim = await claim_store.claim(conn, row["id"], 1, "w", 30.0)
+                assert isinstance(claim, claim_store.Claim)
             assert await attempts.succeed(conn, ok["id"], 1, "null")
             failed = await attempts.fail(
                 conn, bad["id"], 1, error="boom", error_type="E", permanent=True, backoff_s=0

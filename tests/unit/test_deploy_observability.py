@@ -1,9 +1,9 @@
 """deploy/: the Grafana dashboard and the Prometheus rules and scrape config.
 
 Every PromQL expression may name only series the services really export (collected from
-the metric definitions in :mod:`taskflow_common.metrics`, which the e2e metrics test
-checks against real scrapes) or Prometheus' own ``up``; every ``job`` it selects must be a
-job of the scrape config.
+the metric definitions in :mod:`taskflow_common.metrics` and :mod:`taskflow_worker.metrics`,
+which the e2e metrics test checks against real scrapes) or Prometheus' own ``up``; every
+``job`` it selects must be a job of the scrape config.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from yamllint import linter
 from yamllint.config import YamlLintConfig
 
 from taskflow_common.metrics import exported_names
+from taskflow_worker.metrics import exported_names as worker_names
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
 DASHBOARD = DEPLOY / "grafana" / "taskflow.json"
@@ -60,6 +61,7 @@ def allowed() -> set[str]:
     names: set[str] = set(PROMETHEUS_OWN)
     for series in exported_names().values():
         names |= series
+    names |= worker_names()
     return names
 
 

@@ -9,6 +9,7 @@ from prometheus_client import generate_latest
 
 from taskflow_common import metrics
 from taskflow_common.logs import TASK_EVENTS
+from taskflow_worker.metrics import WorkerMetrics
 from tests.support.scrape import parse
 
 REPO = Path(__file__).resolve().parents[2]
@@ -55,7 +56,7 @@ def test_http_labels_are_templates_and_known_methods() -> None:
 def test_worker_failures_split_into_retried_and_failed_for_good() -> None:
     registry = metrics.new_registry()
     busy = [3]
-    worker = metrics.WorkerMetrics(registry, slots=8, busy_fn=lambda: busy[0])
+    worker = WorkerMetrics(registry, slots=8, busy_fn=lambda: busy[0])
     worker.attempt_failed("t", "high", "retrying")
     worker.attempt_failed("t", "high", "failed")
     worker.attempt_failed("t", "high", "retrying")

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from taskflow_common.lifecycle import run_service
-from taskflow_worker.service import serve
 from taskflow_worker.settings import WorkerSettings
+from taskflow_worker.worker import serve
 
 
 def main() -> int:

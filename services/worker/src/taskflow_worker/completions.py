@@ -34,11 +34,11 @@ import asyncpg
 from nats.aio.msg import Msg
 
 from taskflow_common.bus import Bus
-from taskflow_common.db import TRANSIENT_ERRORS as PG_ERRORS
 from taskflow_common.db import Database
-from taskflow_common.errors import UnavailableError
 from taskflow_common.logs import get_logger
+from taskflow_common.retry import OUTAGE
 from taskflow_common.store import attempts
+from taskflow_worker.delivery import settle
 
 log = get_logger(__name__)
 
@@ -47,8 +47,6 @@ REFUSED: tuple[type[BaseException], ...] = (
     asyncpg.exceptions.ProgramLimitExceededError,
 )
 """Errors by which Postgres refuses a value (not an outage): the row can never be stored."""
-
-_OUTAGE: tuple[type[BaseException], ...] = (UnavailableError, *PG_ERRORS)
 
 
 class UnstorableResult(Exception):
@@ -156,7 +154,7 @@ class Completions:
                     # its locks in one order and cannot deadlock with itself.
                     for p in batch:
                         verdicts[p] = await self._write_one(conn, p)
-        except _OUTAGE as exc:
+        except OUTAGE as exc:
             for p in batch:
                 verdicts.setdefault(p, exc)
         settled = [p for p in batch if isinstance(verdicts[p], bool)]
@@ -181,7 +179,7 @@ class Completions:
                 err = UnstorableResult(f"{exc.__class__.__name__}: {exc}")
                 err.__cause__ = exc
                 return err
-            except _OUTAGE as exc:
+            except OUTAGE as exc:
                 return exc
         raise AssertionError("unreachable")  # pragma: no cover - the loop returns or raises
 
@@ -189,7 +187,7 @@ class Completions:
         if not items:
             return
         if self.confirm_acks:
-            await asyncio.gather(*(_settle(p.msg.ack_sync(timeout=5)) for p in items))
+            await asyncio.gather(*(settle(p.msg.ack_sync(timeout=5)) for p in items))
             return
         try:
             for p in items:
@@ -210,10 +208,3 @@ class Completions:
                 await self.bus.nc.flush(timeout=5)
             except Exception as exc:  # NATS errors included: a later redelivery at worst
                 log.warning("settle_failed", error=repr(exc))
-
-
-async def _settle(ack: object) -> None:
-    try:
-        await ack  # type: ignore[misc]
-    except Exception as exc:  # every NATS error is an Exception too
-        log.warning("settle_failed", error=repr(exc))

@@ -1,0 +1,308 @@
+"""Running one claimed attempt: the handler under its timeout, then its outcome recorded.
+
+:class:`AttemptRunner` runs the handler for a :class:`~taskflow_common.store.claims.Claim`
+inside a ``task attempt`` span, turns how it ended into an :class:`Outcome` and records
+that outcome (retrying while Postgres is briefly away). Successes go to the
+:class:`~taskflow_worker.completions.Completions` writer, which records them in batches
+and acks after the commit; failures, interrupts and cancels are recorded one by one.
+
+A running attempt is stopped from outside with :meth:`Running.stop`: a cancel request,
+a lost lease (see :mod:`taskflow_worker.heartbeat`) or the end of the shutdown grace.
+The reason decides how the attempt is recorded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import orjson
+from nats.aio.msg import Msg
+from opentelemetry import trace
+
+from taskflow_common import tracing
+from taskflow_common.backoff import backoff_delay
+from taskflow_common.db import Database
+from taskflow_common.logs import EventLogger, bound, get_logger
+from taskflow_common.retry import OUTAGE, Backoff
+from taskflow_common.store import attempts
+from taskflow_common.store.claims import Claim
+from taskflow_worker.completions import Completions, UnstorableResult
+from taskflow_worker.delivery import redelivery_delay, settle
+from taskflow_worker.handlers import PermanentError, TaskContext, lookup
+from taskflow_worker.metrics import WorkerMetrics
+from taskflow_worker.settings import WorkerSettings
+
+log = get_logger(__name__)
+
+StopReason = Literal["shutdown", "cancelled", "lease_lost"]
+
+
+@dataclass(eq=False)
+class Running:
+    """A claimed attempt whose handler is running in this process."""
+
+    claim: Claim
+    msg: Msg
+    task: asyncio.Task[Any] | None = None
+    stop_reason: StopReason | None = None
+    started: float = field(default_factory=time.monotonic)
+
+    def stop(self, reason: StopReason) -> None:
+        """Cancel the handler, remembering why (decides how the attempt is recorded)."""
+        if self.task is not None and not self.task.done():
+            self.stop_reason = self.stop_reason or reason
+            self.task.cancel()
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """How an attempt ended, before it is recorded."""
+
+    kind: Literal["succeeded", "failed", "interrupted", "cancelled", "lost"]
+    result_json: str = "null"
+    error: str = ""
+    error_type: str = ""
+    permanent: bool = False
+
+
+class RunningAttempts:
+    """The attempts of this process that may still report an outcome, by execution and task.
+
+    An attempt is in here from its claim until its outcome is recorded; the heartbeat
+    renews their leases, a cancel request finds its attempt by task id.
+    """
+
+    def __init__(self) -> None:
+        self._by_execution: dict[uuid.UUID, Running] = {}
+        self._by_task: dict[uuid.UUID, Running] = {}
+
+    def __len__(self) -> int:
+        return len(self._by_execution)
+
+    def add(self, running: Running) -> None:
+        """Register ``running`` under its execution id and its task id."""
+        self._by_execution[running.claim.execution_id] = running
+        self._by_task[running.claim.task_id] = running
+
+    def discard(self, running: Running) -> None:
+        """Forget ``running`` (its task id only while it is still the one registered)."""
+        self._by_execution.pop(running.claim.execution_id, None)
+        if self._by_task.get(running.claim.task_id) is running:
+            del self._by_task[running.claim.task_id]
+
+    def of_task(self, task_id: uuid.UUID) -> Running | None:
+        """The attempt of ``task_id`` running here, if any."""
+        return self._by_task.get(task_id)
+
+    def snapshot(self) -> list[Running]:
+        """Every registered attempt, oldest first (a copy: safe to iterate while awaiting)."""
+        return list(self._by_execution.values())
+
+
+class AttemptRunner:
+    """Runs claimed attempts and records their outcomes; see the module docstring."""
+
+    def __init__(
+        self,
+        settings: WorkerSettings,
+        db: Database,
+        metrics: WorkerMetrics,
+        completions: Completions,
+        running: RunningAttempts,
+    ) -> None:
+        self.settings = settings
+        self.db = db
+        self.metrics = metrics
+        self.completions = completions
+        self.running = running
+        self.tracer = trace.get_tracer("taskflow.worker")
+        self.grace_over = False
+        """Set when the shutdown grace is over: no handler may start any more."""
+
+    async def run(self, claim: Claim, msg: Msg) -> str:
+        """Run the handler for ``claim``, record the outcome; return ``ack`` or ``settled``.
+
+        ``ack``: the caller acks ``msg``; ``settled``: ``msg`` was already acked or nak'd.
+        Raises only for a bug (every outage is handled while recording).
+        """
+        running = Running(claim, msg)
+        self.running.add(running)
+        parent = tracing.extract(msg.headers)
+        try:
+            with (
+                bound(attempt=claim.attempt, type=claim.type),
+                self.tracer.start_as_current_span(
+                    "task attempt",
+                    context=parent,
+                    kind=trace.SpanKind.CONSUMER,
+                    attributes={
+                        "taskflow.task_id": str(claim.task_id),
+                        "taskflow.type": claim.type,
+                        "taskflow.attempt": claim.attempt,
+                    },
+                ) as span,
+            ):
+                log.debug("attempt_started", priority=claim.priority)
+                self.metrics.attempt_started(claim.type, claim.priority, claim.queue_wait_s)
+                outcome = await self._execute(running)
+                self.metrics.attempt_finished(
+                    claim.type, outcome.kind, time.monotonic() - running.started
+                )
+                span.set_attribute("taskflow.outcome", outcome.kind)
+                if outcome.kind == "failed":
+                    span.set_status(trace.StatusCode.ERROR, outcome.error[:200])
+                return await self._record(running, outcome)
+        finally:
+            self.running.discard(running)
+
+    async def _execute(self, running: Running) -> Outcome:
+        claim = running.claim
+        fn = lookup(claim.type)
+        if fn is None:
+            return Outcome(
+                "failed",
+                error=f"no handler registered for task type {claim.type!r} "
+                f"(WORKER_HANDLERS={self.settings.handlers})",
+                error_type="UnknownTaskType",
+                permanent=True,
+            )
+        timeout = claim.timeout_s or self.settings.task_timeout
+        ctx = TaskContext(
+            task_id=claim.task_id,
+            type=claim.type,
+            attempt=claim.attempt,
+            priority=claim.priority,
+            deadline=time.time() + timeout,
+            log=_handler_log(claim.type),
+        )
+        if self.grace_over:
+            # Claimed after the shutdown grace ran out (the claim was still on its way
+            # to Postgres): give the attempt back without running it.
+            return Outcome("interrupted", error="worker shutting down")
+        running.task = asyncio.ensure_future(fn(ctx, claim.payload))
+        done, _ = await asyncio.wait({running.task}, timeout=timeout)
+        if not done:
+            running.task.cancel()
+            with contextlib.suppress(BaseException):
+                await running.task
+            if running.stop_reason is None:
+                return Outcome(
+                    "failed", error=f"timed out after {timeout:g}s", error_type="TimeoutError"
+                )
+        if running.task.cancelled() or running.stop_reason is not None:
+            reason = running.stop_reason or "shutdown"
+            if reason == "shutdown":
+                return Outcome("interrupted", error="worker shutting down")
+            if reason == "cancelled":
+                return Outcome("cancelled", error="cancelled by request")
+            return Outcome("lost", error="lease lost to another worker")
+        exc = running.task.exception()
+        if exc is not None:
+            return Outcome(
+                "failed",
+                error=f"{exc.__class__.__name__}: {exc}"[:4000],
+                error_type=exc.__class__.__name__,
+                permanent=isinstance(exc, PermanentError),
+            )
+        try:
+            result_json = orjson.dumps(running.task.result()).decode()
+        except TypeError as err:
+            return Outcome(
+                "failed",
+                error=f"result is not JSON-serialisable: {err}",
+                error_type="UnserializableResult",
+                permanent=True,
+            )
+        return Outcome("succeeded", result_json=result_json)
+
+    async def _record(self, running: Running, outcome: Outcome) -> str:
+        """Write the outcome, retrying through short Postgres outages; settle the message."""
+        claim, msg = running.claim, running.msg
+        if outcome.kind == "lost":
+            log.warning("attempt_lost", reason=outcome.error)
+            return "ack"
+        backoff = Backoff()
+        deadline = time.monotonic() + max(60.0, self.settings.worker_ack_wait * 4)
+        while True:
+            try:
+                if outcome.kind == "succeeded":
+                    try:
+                        # Recorded with the other successes of the moment, acked after
+                        # that commit by the writer.
+                        ok = await self.completions.succeed(
+                            claim.task_id, claim.attempt, outcome.result_json, msg
+                        )
+                    except UnstorableResult as e:
+                        outcome = Outcome(
+                            "failed",
+                            error=f"result cannot be stored: {e}",
+                            error_type="UnstorableResult",
+                            permanent=True,
+                        )
+                        continue
+                    if ok:
+                        self.metrics.task_completed(claim.type, claim.priority)
+                        log.debug("attempt_succeeded")
+                    else:
+                        log.warning("attempt_fenced", outcome="succeeded")
+                    return "settled"
+                async with self.db.acquire() as conn:
+                    if outcome.kind == "interrupted":
+                        await attempts.interrupt(conn, claim.task_id, claim.attempt, outcome.error)
+                        log.info("attempt_interrupted")
+                        await settle(msg.nak())
+                        return "settled"
+                    if outcome.kind == "cancelled":
+                        await attempts.mark_cancelled(
+                            conn, claim.task_id, claim.attempt, outcome.error
+                        )
+                        log.info("attempt_cancelled")
+                        return "ack"
+                    s = self.settings
+                    failure = await attempts.fail(
+                        conn,
+                        claim.task_id,
+                        claim.attempt,
+                        error=outcome.error,
+                        error_type=outcome.error_type,
+                        permanent=outcome.permanent,
+                        backoff_s=backoff_delay(
+                            claim.failed_attempts + 1, s.worker_backoff_base, s.worker_backoff_max
+                        ),
+                    )
+                    if failure is not None:
+                        self.metrics.attempt_failed(claim.type, claim.priority, failure.status)
+                    log.warning(
+                        "attempt_failed",
+                        error=outcome.error,
+                        error_type=outcome.error_type,
+                        permanent=outcome.permanent,
+                        task_status=failure.status if failure else "fenced",
+                        retry_at=(
+                            str(failure.run_at)
+                            if failure and failure.status == "retrying"
+                            else None
+                        ),
+                    )
+                    return "ack"
+            except OUTAGE as exc:
+                if time.monotonic() > deadline:
+                    # Give up; the lease expires and the attempt is abandoned by the reaper.
+                    log.error("record_failed", error=repr(exc))
+                    await settle(msg.nak(delay=redelivery_delay(msg)))
+                    return "settled"
+                delay = backoff.failed()
+                log.warning("record_unavailable", error=repr(exc), retry_in_s=delay)
+                await asyncio.sleep(delay)  # back off before retrying the write
+
+
+@functools.lru_cache(maxsize=256)
+def _handler_log(task_type: str) -> EventLogger:
+    """The logger handed to ``task_type``'s handlers (built once per type, not per task)."""
+    return get_logger(f"taskflow.handler.{task_type}")

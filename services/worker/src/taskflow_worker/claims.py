@@ -1,0 +1,232 @@
+"""Claiming fetched deliveries: one statement per fetch, then each claimed one is run.
+
+A fetch's distinct task ids go into one batch claim (one round trip that also opens the
+execution rows and their leases). A delivery that did not claim is settled without
+running anything, after asking Postgres why (:func:`~taskflow_common.store.claims.diagnose`):
+terminal task or stale copy -> ack; attempt owned by a live worker -> ack; owner's lease
+expired -> the attempt is abandoned (counted) and the retry scheduled -> ack; unknown
+task -> dead-lettered.
+
+A claim that failed with an outage error may have committed anyway, leaving an open
+attempt owned by this process that nobody runs. Such deliveries are remembered (the
+uncertain claims) and their redelivery adopts the attempt
+(:func:`~taskflow_common.store.claims.adopt`) instead of waiting for its lease to end.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+
+import asyncpg
+from nats.aio.msg import Msg
+
+from taskflow_common.backoff import backoff_delay
+from taskflow_common.db import Database
+from taskflow_common.errors import MalformedMessage
+from taskflow_common.logs import bound, get_logger
+from taskflow_common.messages import TaskMessage
+from taskflow_common.retry import OUTAGE
+from taskflow_common.store import attempts
+from taskflow_common.store import claims as claim_store
+from taskflow_common.store.claims import Claim, Refusal
+from taskflow_common.subjects import Priority
+from taskflow_worker.attempt import AttemptRunner, RunningAttempts
+from taskflow_worker.delivery import DeadLetters, redelivery_delay, settle
+from taskflow_worker.settings import WorkerSettings
+
+log = get_logger(__name__)
+
+UNCERTAIN_MAX = 10_000
+"""Uncertain claims remembered at most (oldest forgotten first)."""
+
+BatchClaim = asyncio.Future[dict[uuid.UUID, Claim]]
+"""The claims of one fetch by task id, shared by the handling tasks of that fetch."""
+
+
+class Claims:
+    """Claims deliveries and hands each claimed one to the runner; owns the slots.
+
+    ``inflight`` counts deliveries being claimed, run or recorded (the slots in use);
+    ``slot_free`` is set whenever one ends; ``handling`` holds their tasks.
+    """
+
+    def __init__(
+        self,
+        settings: WorkerSettings,
+        db: Database,
+        runner: AttemptRunner,
+        running: RunningAttempts,
+        dead_letters: DeadLetters,
+    ) -> None:
+        self.settings = settings
+        self.db = db
+        self.runner = runner
+        self.running = running
+        self.dead_letters = dead_letters
+        self.lease_s = settings.worker_ack_wait
+        self.inflight = 0
+        self.handling: set[asyncio.Task[None]] = set()
+        self.slot_free = asyncio.Event()
+        # Deliveries (task id -> dispatch) whose claim failed with an outage error: it
+        # may have committed anyway, leaving an open attempt owned by this process.
+        self.uncertain: dict[uuid.UUID, int] = {}
+
+    def start(self, batch: list[tuple[Priority, Msg]]) -> None:
+        """Claim a fetch's deliveries together; one handling task per message.
+
+        Each distinct task id goes into one batch claim (a shared future every handling
+        task of the batch awaits); a second delivery of a task already in the batch, or
+        an undecodable one, is handled alone as before.
+        """
+        decoded: list[tuple[Priority, Msg, TaskMessage | None]] = []
+        deliveries: dict[uuid.UUID, int] = {}
+        for priority, msg in batch:
+            try:
+                message: TaskMessage | None = TaskMessage.decode(msg.data)
+            except MalformedMessage:
+                message = None
+            decoded.append((priority, msg, message))
+            if message is not None and message.task_id not in deliveries:
+                deliveries[message.task_id] = message.dispatch
+        claims: BatchClaim | None = None
+        if deliveries:
+            claims = asyncio.ensure_future(self._claim_many(list(deliveries.items())))
+        for priority, msg, message in decoded:
+            shared = None
+            if message is not None and deliveries.get(message.task_id) == message.dispatch:
+                del deliveries[message.task_id]  # later copies are handled alone
+                shared = claims
+            self.inflight += 1
+            task = asyncio.create_task(self.handle(priority, msg, shared, message))
+            self.handling.add(task)
+            task.add_done_callback(self._handled)
+
+    async def _claim_many(self, deliveries: list[tuple[uuid.UUID, int]]) -> dict[uuid.UUID, Claim]:
+        async with self.db.acquire() as conn:
+            return await claim_store.claim_many(
+                conn, deliveries, self.settings.worker_id, self.lease_s
+            )
+
+    def _handled(self, task: asyncio.Task[None]) -> None:
+        self.handling.discard(task)
+        self.inflight -= 1
+        self.slot_free.set()
+        if not task.cancelled() and task.exception() is not None:
+            exc = task.exception()
+            log.error("handle_crashed", error=f"{exc.__class__.__name__}: {exc}")
+
+    async def handle(
+        self,
+        priority: Priority,
+        msg: Msg,
+        claims: BatchClaim | None = None,
+        message: TaskMessage | None = None,
+    ) -> None:
+        """Process one delivery end to end; always settles the message.
+
+        ``claims`` is the batch claim this delivery took part in (see :meth:`start`);
+        without it the delivery claims alone. ``message`` is ``msg`` already decoded.
+        """
+        if message is None:
+            try:
+                message = TaskMessage.decode(msg.data)
+            except MalformedMessage as exc:
+                await self.dead_letters.malformed(msg, exc.reason)
+                return
+        with bound(task_id=str(message.task_id)):
+            try:
+                outcome = await self._claim_and_run(message, msg, claims)
+            except OUTAGE as exc:
+                # Postgres away: usually the claim did not commit and no attempt was
+                # used; if it did commit unseen, the redelivery adopts it (see below).
+                self._remember_uncertain(message)
+                log.warning("claim_unavailable", error=repr(exc))
+                await settle(msg.nak(delay=redelivery_delay(msg)))
+                return
+            except Exception as exc:
+                # Anything else (a value Postgres refuses, a bug) must not leak the
+                # delivery: unsettled messages count against max_ack_pending until their
+                # ack wait ends and can stall the consumer. An attempt left open ends
+                # through its lease.
+                log.error("handle_failed", error=f"{exc.__class__.__name__}: {exc}")
+                await settle(msg.nak(delay=redelivery_delay(msg)))
+                return
+            if outcome == "settled":
+                return
+            await settle(msg.ack_sync(timeout=5))
+
+    def _remember_uncertain(self, message: TaskMessage) -> None:
+        self.uncertain.pop(message.task_id, None)
+        self.uncertain[message.task_id] = message.dispatch
+        while len(self.uncertain) > UNCERTAIN_MAX:  # bounded; oldest first
+            del self.uncertain[next(iter(self.uncertain))]
+
+    async def _adopt(
+        self, conn: asyncpg.Connection, message: TaskMessage, refusal: Refusal
+    ) -> Claim | None:
+        """Take back our own attempt whose claim committed while we saw an error."""
+        if (
+            refusal.verdict not in ("owned_elsewhere", "lease_expired")
+            or refusal.worker_id != self.settings.worker_id
+            or self.uncertain.get(message.task_id) != message.dispatch
+            or self.running.of_task(message.task_id) is not None
+        ):
+            return None
+        claim = await claim_store.adopt(
+            conn,
+            message.task_id,
+            refusal.attempt,
+            message.dispatch,
+            self.settings.worker_id,
+            self.lease_s,
+        )
+        if claim is not None:
+            log.warning("claim_adopted", attempt=claim.attempt, dispatch=message.dispatch)
+        return claim
+
+    async def _claim_and_run(
+        self, message: TaskMessage, msg: Msg, claims: BatchClaim | None
+    ) -> str:
+        if claims is not None:
+            # shield: this task's cancellation must not cancel the claim the others share.
+            claimed = (await asyncio.shield(claims)).get(message.task_id)
+            if claimed is not None:
+                self.uncertain.pop(message.task_id, None)
+                return await self.runner.run(claimed, msg)
+        async with self.db.acquire() as conn:
+            claim: Claim | Refusal
+            if claims is not None:  # the batch claim refused it: ask why (the rare path)
+                claim = await claim_store.diagnose(conn, message.task_id)
+            else:
+                claim = await claim_store.claim(
+                    conn, message.task_id, message.dispatch, self.settings.worker_id, self.lease_s
+                )
+            if isinstance(claim, Refusal):
+                claim = await self._adopt(conn, message, claim) or claim
+            self.uncertain.pop(message.task_id, None)
+            if isinstance(claim, Refusal):
+                if claim.verdict == "unknown_task":
+                    await self.dead_letters.malformed(msg, f"unknown task id {message.task_id}")
+                    return "settled"
+                if claim.verdict == "lease_expired":
+                    await self._take_over(conn, message.task_id, claim)
+                log.debug("delivery_skipped", verdict=claim.verdict, dispatch=message.dispatch)
+                return "ack"
+        return await self.runner.run(claim, msg)
+
+    async def _take_over(
+        self, conn: asyncpg.Connection, task_id: uuid.UUID, refusal: Refusal
+    ) -> None:
+        s = self.settings
+        outcome = await attempts.abandon(
+            conn,
+            task_id,
+            refusal.attempt,
+            reason="worker lost: lease expired before the attempt ended (redelivered)",
+            backoff_s=backoff_delay(
+                refusal.failed_attempts + 1, s.worker_backoff_base, s.worker_backoff_max
+            ),
+        )
+        if outcome is not None:
+            log.warning("attempt_abandoned", attempt=refusal.attempt, task_status=outcome.status)
