@@ -19,6 +19,7 @@ from yamllint import linter
 from yamllint.config import YamlLintConfig
 
 from taskflow_common.metrics import exported_names
+from taskflow_dispatcher.metrics import DispatcherMetrics
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
 DASHBOARD = DEPLOY / "grafana" / "taskflow.json"
@@ -58,7 +59,7 @@ def jobs_selected(expr: str) -> list[tuple[str, str]]:
 
 def allowed() -> set[str]:
     names: set[str] = set(PROMETHEUS_OWN)
-    for series in exported_names().values():
+    for series in exported_names({"dispatcher": DispatcherMetrics}).values():
         names |= series
     return names
 

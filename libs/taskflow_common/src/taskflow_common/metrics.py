@@ -3,7 +3,8 @@
 Each service builds its own :class:`~prometheus_client.CollectorRegistry` with
 :func:`new_registry` (process, platform and GC collectors included) and one metrics
 object for its role: :class:`ApiMetrics` (ingest API), :class:`WorkerMetrics`,
-:class:`DispatcherMetrics`, :class:`DlqMetrics`. The ingest API and the dlq-monitor serve
+:class:`DlqMetrics`; the dispatcher's ``DispatcherMetrics`` lives in the dispatcher
+(``taskflow_dispatcher.metrics``). The ingest API and the dlq-monitor serve
 ``GET /metrics`` on their HTTP port (:class:`taskflow_common.http.MetricsResource`); the
 worker and the dispatcher on their own port (:func:`serve`, ``WORKER_METRICS_PORT``
 default 9101, ``DISPATCHER_METRICS_PORT`` default 9102, 0 = any free port).
@@ -25,7 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 from wsgiref.simple_server import WSGIServer
 
@@ -49,7 +50,6 @@ from taskflow_common.subjects import PRIORITIES
 __all__ = [
     "CONTENT_TYPE_LATEST",
     "ApiMetrics",
-    "DispatcherMetrics",
     "DlqMetrics",
     "HttpMetrics",
     "LabelCap",
@@ -329,91 +329,6 @@ class WorkerMetrics:
             self.failed.labels(*labels).inc()
 
 
-# -- dispatcher --------------------------------------------------------------------------
-
-
-class DispatcherMetrics:
-    """The dispatcher's metrics: publishes, dead letters, lag and consumer state."""
-
-    def __init__(self, registry: CollectorRegistry) -> None:
-        self.registry = registry
-        self.types = LabelCap()
-        self.published = Counter(
-            "taskflow_tasks_published",
-            "Task messages published to JetStream and PubAck'd (one per attempt), by priority.",
-            ["priority"],
-            registry=registry,
-        )
-        self.publish_errors = Counter(
-            "taskflow_publish_errors",
-            "Task or dead-letter publishes without a PubAck (retried later).",
-            registry=registry,
-        )
-        self.dead_lettered = Counter(
-            "taskflow_tasks_dead_lettered",
-            "Dead letters of failed tasks published to the dead-letter stream.",
-            ["type", "priority"],
-            registry=registry,
-        )
-        self.lag = Gauge(
-            "taskflow_dispatcher_lag_seconds",
-            "Age of the oldest task that is due but not yet published (0 when none; "
-            "seconds, database clock; sampled).",
-            registry=registry,
-        )
-        self.pending = Gauge(
-            "taskflow_consumer_pending",
-            "Messages in the stream not yet delivered to the priority's consumer (sampled).",
-            ["priority"],
-            registry=registry,
-        )
-        self.ack_pending = Gauge(
-            "taskflow_consumer_ack_pending",
-            "Messages delivered to workers and not yet acked, by priority (sampled).",
-            ["priority"],
-            registry=registry,
-        )
-        self.max_ack_pending = Gauge(
-            "taskflow_consumer_max_ack_pending",
-            "The consumer's max_ack_pending limit (WORKER_MAX_ACK_PENDING), by priority.",
-            ["priority"],
-            registry=registry,
-        )
-        self.redelivered = Gauge(
-            "taskflow_consumer_redelivered",
-            "Unacked messages that were delivered more than once, by priority (sampled).",
-            ["priority"],
-            registry=registry,
-        )
-        self.samples = Counter(
-            "taskflow_dispatcher_samples",
-            "Sampling rounds of lag and consumer state, by result (ok or error).",
-            ["result"],
-            registry=registry,
-        )
-
-    def published_batch(self, priorities: list[str], errors: int) -> None:
-        """Count PubAck'd task publishes (one priority per message) and failed ones."""
-        for p in priorities:
-            self.published.labels(priority_label(p)).inc()
-        if errors:
-            self.publish_errors.inc(errors)
-
-    def dead_letter_published(self, task_type: str, priority: str) -> None:
-        """Count one dead letter on the bus."""
-        self.dead_lettered.labels(self.types(task_type), priority_label(priority)).inc()
-
-    def consumer_state(
-        self, priority: str, pending: int, ack_pending: int, max_ack_pending: int, redelivered: int
-    ) -> None:
-        """Record one consumer's sampled state."""
-        p = priority_label(priority)
-        self.pending.labels(p).set(pending)
-        self.ack_pending.labels(p).set(ack_pending)
-        self.max_ack_pending.labels(p).set(max_ack_pending)
-        self.redelivered.labels(p).set(redelivered)
-
-
 # -- dlq-monitor -------------------------------------------------------------------------
 
 
@@ -535,15 +450,24 @@ def series_names(registry: CollectorRegistry) -> set[str]:
     return names
 
 
-def exported_names() -> dict[str, set[str]]:
+MetricsFactory = Callable[[CollectorRegistry], Any]
+"""Builds a service's metrics object on a registry (e.g. a metrics class)."""
+
+
+def exported_names(services: Mapping[str, MetricsFactory] | None = None) -> dict[str, set[str]]:
     """Series names each service exports, keyed ``ingest-api``/``worker``/``dispatcher``/
-    ``dlq-monitor`` (built from fresh registries, so nothing is shared with a service)."""
-    roles: dict[str, Callable[[CollectorRegistry], Any]] = {
+    ``dlq-monitor`` (built from fresh registries, so nothing is shared with a service).
+
+    The metrics classes defined here are included; ``services`` adds (or overrides) the
+    roles whose metrics live in their service, e.g. ``{"dispatcher": DispatcherMetrics}``:
+    the library never imports a service, so the caller passes them in.
+    """
+    roles: dict[str, MetricsFactory] = {
         "ingest-api": ApiMetrics,
         "worker": lambda r: WorkerMetrics(r, slots=1),
-        "dispatcher": DispatcherMetrics,
         "dlq-monitor": DlqMetrics,
     }
+    roles.update(services or {})
     out: dict[str, set[str]] = {}
     for role, make in roles.items():
         registry = new_registry()
