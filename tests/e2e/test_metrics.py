@@ -16,6 +16,7 @@ import pytest
 
 from taskflow_common import metrics
 from taskflow_common.devstack.servers import free_port
+from taskflow_dispatcher.metrics import DispatcherMetrics
 from taskflow_worker.metrics import WorkerMetrics
 from tests.support.procs import ServiceFactory
 from tests.support.scrape import Scrape, families_of, scrape, total
@@ -191,7 +192,7 @@ async def test_every_service_exports_its_declared_metrics(stack: Stack) -> None:
     (so the dashboard and rules check against the real names)."""
     declared = {
         "ingest-api": metrics.ApiMetrics,
-        "dispatcher": metrics.DispatcherMetrics,
+        "dispatcher": DispatcherMetrics,
         "dlq-monitor": metrics.DlqMetrics,
     }
     async with httpx.AsyncClient(timeout=10) as client:

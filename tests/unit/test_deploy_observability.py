@@ -19,6 +19,7 @@ from yamllint import linter
 from yamllint.config import YamlLintConfig
 
 from taskflow_common.metrics import exported_names
+from taskflow_dispatcher.metrics import DispatcherMetrics
 from taskflow_worker.metrics import exported_names as worker_names
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
@@ -59,7 +60,7 @@ def jobs_selected(expr: str) -> list[tuple[str, str]]:
 
 def allowed() -> set[str]:
     names: set[str] = set(PROMETHEUS_OWN)
-    for series in exported_names().values():
+    for series in exported_names({"dispatcher": DispatcherMetrics}).values():
         names |= series
     names |= worker_names()
     return names

@@ -62,6 +62,10 @@ class ConsumerConfigMismatch(TaskFlowError, RuntimeError):
     """An existing durable consumer's settings differ from config and cannot be updated."""
 
 
+class ConsumerGone(TaskFlowError):
+    """A pull found its consumer (or stream) missing; the caller should reconcile."""
+
+
 class MalformedMessage(TaskFlowError, ValueError):
     """A message on a task subject cannot be decoded; ``reason`` says why."""
 

@@ -2,12 +2,12 @@
 
 Each service builds its own :class:`~prometheus_client.CollectorRegistry` with
 :func:`new_registry` (process, platform and GC collectors included) and one metrics
-object for its role: :class:`ApiMetrics` (ingest API), :class:`DispatcherMetrics`,
-:class:`DlqMetrics` (the worker's are in ``taskflow_worker.metrics``). The ingest API and
-the dlq-monitor serve ``GET /metrics`` on their HTTP port
-(:class:`taskflow_common.http.MetricsResource`); the worker and the dispatcher on their
-own port (:func:`serve`, ``WORKER_METRICS_PORT`` default 9101, ``DISPATCHER_METRICS_PORT``
-default 9102, 0 = any free port).
+object for its role: :class:`ApiMetrics` (ingest API) and :class:`DlqMetrics`; the
+worker's and the dispatcher's live in their services (``taskflow_worker.metrics``,
+``taskflow_dispatcher.metrics``). The ingest API and the dlq-monitor serve
+``GET /metrics`` on their HTTP port (:class:`taskflow_common.http.MetricsResource`); the
+worker and the dispatcher on their own port (:func:`serve`, ``WORKER_METRICS_PORT``
+default 9101, ``DISPATCHER_METRICS_PORT`` default 9102, 0 = any free port).
 
 Label sets are bounded: ``priority`` is one of high/normal/low (anything else
 ``other``); ``type`` keeps the first :data:`MAX_TYPES` distinct task types a process
@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 from wsgiref.simple_server import WSGIServer
 
@@ -50,7 +50,6 @@ from taskflow_common.subjects import PRIORITIES
 __all__ = [
     "CONTENT_TYPE_LATEST",
     "ApiMetrics",
-    "DispatcherMetrics",
     "DlqMetrics",
     "HttpMetrics",
     "LabelCap",
@@ -206,91 +205,6 @@ class ApiMetrics(HttpMetrics):
         child.inc()
 
 
-# -- dispatcher --------------------------------------------------------------------------
-
-
-class DispatcherMetrics:
-    """The dispatcher's metrics: publishes, dead letters, lag and consumer state."""
-
-    def __init__(self, registry: CollectorRegistry) -> None:
-        self.registry = registry
-        self.types = LabelCap()
-        self.published = Counter(
-            "taskflow_tasks_published",
-            "Task messages published to JetStream and PubAck'd (one per attempt), by priority.",
-            ["priority"],
-            registry=registry,
-        )
-        self.publish_errors = Counter(
-            "taskflow_publish_errors",
-            "Task or dead-letter publishes without a PubAck (retried later).",
-            registry=registry,
-        )
-        self.dead_lettered = Counter(
-            "taskflow_tasks_dead_lettered",
-            "Dead letters of failed tasks published to the dead-letter stream.",
-            ["type", "priority"],
-            registry=registry,
-        )
-        self.lag = Gauge(
-            "taskflow_dispatcher_lag_seconds",
-            "Age of the oldest task that is due but not yet published (0 when none; "
-            "seconds, database clock; sampled).",
-            registry=registry,
-        )
-        self.pending = Gauge(
-            "taskflow_consumer_pending",
-            "Messages in the stream not yet delivered to the priority's consumer (sampled).",
-            ["priority"],
-            registry=registry,
-        )
-        self.ack_pending = Gauge(
-            "taskflow_consumer_ack_pending",
-            "Messages delivered to workers and not yet acked, by priority (sampled).",
-            ["priority"],
-            registry=registry,
-        )
-        self.max_ack_pending = Gauge(
-            "taskflow_consumer_max_ack_pending",
-            "The consumer's max_ack_pending limit (WORKER_MAX_ACK_PENDING), by priority.",
-            ["priority"],
-            registry=registry,
-        )
-        self.redelivered = Gauge(
-            "taskflow_consumer_redelivered",
-            "Unacked messages that were delivered more than once, by priority (sampled).",
-            ["priority"],
-            registry=registry,
-        )
-        self.samples = Counter(
-            "taskflow_dispatcher_samples",
-            "Sampling rounds of lag and consumer state, by result (ok or error).",
-            ["result"],
-            registry=registry,
-        )
-
-    def published_batch(self, priorities: list[str], errors: int) -> None:
-        """Count PubAck'd task publishes (one priority per message) and failed ones."""
-        for p in priorities:
-            self.published.labels(priority_label(p)).inc()
-        if errors:
-            self.publish_errors.inc(errors)
-
-    def dead_letter_published(self, task_type: str, priority: str) -> None:
-        """Count one dead letter on the bus."""
-        self.dead_lettered.labels(self.types(task_type), priority_label(priority)).inc()
-
-    def consumer_state(
-        self, priority: str, pending: int, ack_pending: int, max_ack_pending: int, redelivered: int
-    ) -> None:
-        """Record one consumer's sampled state."""
-        p = priority_label(priority)
-        self.pending.labels(p).set(pending)
-        self.ack_pending.labels(p).set(ack_pending)
-        self.max_ack_pending.labels(p).set(max_ack_pending)
-        self.redelivered.labels(p).set(redelivered)
-
-
 # -- dlq-monitor -------------------------------------------------------------------------
 
 
@@ -412,15 +326,24 @@ def series_names(registry: CollectorRegistry) -> set[str]:
     return names
 
 
-def exported_names() -> dict[str, set[str]]:
-    """Series names each service exports, keyed ``ingest-api``/``dispatcher``/``dlq-monitor``
-    (built from fresh registries, so nothing is shared with a service; the worker's are
-    ``taskflow_worker.metrics.exported_names()``)."""
-    roles: dict[str, Callable[[CollectorRegistry], Any]] = {
+MetricsFactory = Callable[[CollectorRegistry], Any]
+"""Builds a service's metrics object on a registry (e.g. a metrics class)."""
+
+
+def exported_names(services: Mapping[str, MetricsFactory] | None = None) -> dict[str, set[str]]:
+    """Series names each service exports, keyed by role (``ingest-api``, ``dlq-monitor``, and
+    whatever ``services`` names), built from fresh registries (nothing shared with a service).
+
+    The metrics classes defined here are included; ``services`` adds (or overrides) the
+    roles whose metrics live in their service, e.g. ``{"dispatcher": DispatcherMetrics,
+    "worker": lambda r: WorkerMetrics(r, slots=1)}``:
+    the library never imports a service, so the caller passes them in.
+    """
+    roles: dict[str, MetricsFactory] = {
         "ingest-api": ApiMetrics,
-        "dispatcher": DispatcherMetrics,
         "dlq-monitor": DlqMetrics,
     }
+    roles.update(services or {})
     out: dict[str, set[str]] = {}
     for role, make in roles.items():
         registry = new_registry()

@@ -3,7 +3,7 @@
 ``OUTAGE`` is the tuple of exceptions that mean "a dependency is away, try again later":
 TaskFlow's own :class:`~taskflow_common.errors.UnavailableError` plus the transient driver
 errors of asyncpg (``taskflow_common.db.TRANSIENT_ERRORS``) and nats-py
-(``taskflow_common.bus.TRANSIENT_ERRORS``).
+(``taskflow_common.bus.transient.TRANSIENT_ERRORS``).
 
 :class:`Backoff` is the delay schedule of a loop that retries an iteration while such an
 outage lasts: it doubles from ``initial_s`` up to ``max_s`` and starts over after a success.
@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import random
 
-from taskflow_common.bus import TRANSIENT_ERRORS as NATS_ERRORS
+from taskflow_common.bus.transient import TRANSIENT_ERRORS as NATS_ERRORS
 from taskflow_common.db import TRANSIENT_ERRORS as PG_ERRORS
 from taskflow_common.errors import UnavailableError
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from taskflow_common.lifecycle import run_service
-from taskflow_dispatcher.service import serve
+from taskflow_dispatcher.dispatcher import serve
 from taskflow_dispatcher.settings import DispatcherSettings
 
 

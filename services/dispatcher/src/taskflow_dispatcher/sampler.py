@@ -21,20 +21,16 @@ import asyncio
 
 import nats.js.errors
 
-from taskflow_common.bus import TRANSIENT_ERRORS as NATS_ERRORS
 from taskflow_common.bus import Bus
-from taskflow_common.db import TRANSIENT_ERRORS as PG_ERRORS
 from taskflow_common.db import Database
-from taskflow_common.errors import UnavailableError
 from taskflow_common.lifecycle import wait_any
 from taskflow_common.logs import get_logger
-from taskflow_common.metrics import DispatcherMetrics
+from taskflow_common.retry import OUTAGE
 from taskflow_common.store import outbox
 from taskflow_common.subjects import PRIORITIES
+from taskflow_dispatcher.metrics import DispatcherMetrics
 
 log = get_logger(__name__)
-
-_FAULTS: tuple[type[BaseException], ...] = (UnavailableError, *PG_ERRORS, *NATS_ERRORS)
 
 
 class Sampler:
@@ -73,7 +69,7 @@ class Sampler:
         while not stop.is_set():
             try:
                 await self.sample_once()
-            except _FAULTS as exc:
+            except OUTAGE as exc:
                 self.metrics.samples.labels("error").inc()
                 if not self._failing:
                     log.warning("metrics_sample_failed", error=repr(exc))

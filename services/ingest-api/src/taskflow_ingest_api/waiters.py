@@ -19,18 +19,14 @@ waiter whose wake-up never comes still re-reads when its own deadline ends.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import uuid
 from types import TracebackType
 from typing import Self
 
-import asyncpg
-
-from taskflow_common import db as dbmod
 from taskflow_common.config import CommonSettings
-from taskflow_common.db import TRANSIENT_ERRORS as PG_ERRORS
-from taskflow_common.lifecycle import wait_any
+from taskflow_common.listener import Listener
 from taskflow_common.logs import get_logger
+from taskflow_common.retry import Backoff
 from taskflow_common.store.events import CHANNEL, TaskEvent
 
 log = get_logger(__name__)
@@ -104,14 +100,27 @@ class TaskEvents:
     """
 
     def __init__(self, settings: CommonSettings) -> None:
-        self._settings = settings
         self._waiters: dict[uuid.UUID, set[Waiter]] = {}
-        self.listening = False
-        """True while the LISTEN connection is up."""
+        # Anything may have changed while nobody listened: on every (re)connect, every
+        # waiter re-reads.
+        self._listener = Listener(
+            settings,
+            CHANNEL,
+            self._notified,
+            on_connect=self._wake_all,
+            keepalive_s=KEEPALIVE_S,
+            backoff=Backoff(max_s=RECONNECT_MAX_S),
+            log_as="task_events",
+        )
         self.closing = False
         """True once :meth:`close` was called; waiters should answer and stop."""
         self.notifications = 0
         """Notifications received (all tasks), for tests and diagnostics."""
+
+    @property
+    def listening(self) -> bool:
+        """True while the LISTEN connection is up."""
+        return self._listener.listening
 
     @property
     def waiting(self) -> int:
@@ -144,8 +153,8 @@ class TaskEvents:
             for waiter in group:
                 waiter.push(None)
 
-    def _notified(self, conn: object, pid: int, channel: str, payload: str) -> None:
-        """asyncpg listener callback: one notification on :data:`CHANNEL`."""
+    def _notified(self, payload: str) -> None:
+        """Listener callback: one notification on :data:`CHANNEL`."""
         self.notifications += 1
         event = TaskEvent.parse(payload)
         if event is None:
@@ -158,40 +167,7 @@ class TaskEvents:
         """Hold the LISTEN connection until ``stop`` is set; reconnect when it drops.
 
         Never raises for a Postgres outage: it logs ``task_events_unavailable`` and
-        retries with backoff (0.1 s doubling to :data:`RECONNECT_MAX_S`).
+        retries with backoff (0.1 s doubling to :data:`RECONNECT_MAX_S`); see
+        :class:`taskflow_common.listener.Listener`.
         """
-        delay = 0.1
-        while not stop.is_set():
-            conn: asyncpg.Connection | None = None
-            lost = asyncio.Event()
-            try:
-                conn = await dbmod.connect(self._settings)
-                conn.add_termination_listener(lambda _conn, lost=lost: lost.set())
-                await conn.add_listener(CHANNEL, self._notified)
-                self.listening = True
-                # Anything may have changed while nobody listened: every waiter re-reads.
-                self._wake_all()
-                log.info("task_events_listening", channel=CHANNEL)
-                delay = 0.1
-                await self._keep_alive(conn, stop, lost)
-            except PG_ERRORS as exc:
-                log.warning("task_events_unavailable", error=repr(exc), retry_in_s=delay)
-            finally:
-                self.listening = False
-                if conn is not None and not conn.is_closed():
-                    with contextlib.suppress(*PG_ERRORS):
-                        await conn.close(timeout=2)
-            if not stop.is_set():
-                await wait_any(stop, None, delay)
-                delay = min(delay * 2, RECONNECT_MAX_S)
-
-    async def _keep_alive(
-        self, conn: asyncpg.Connection, stop: asyncio.Event, lost: asyncio.Event
-    ) -> None:
-        """Return when ``stop`` is set or the connection is lost (raises PG errors)."""
-        while not stop.is_set() and not lost.is_set() and not conn.is_closed():
-            await wait_any(stop, lost, KEEPALIVE_S)
-            if not stop.is_set() and not lost.is_set():
-                await conn.fetchval("SELECT 1")  # a frozen or half-open server shows here
-        if lost.is_set():
-            log.warning("task_events_connection_lost")
+        await self._listener.run(stop)

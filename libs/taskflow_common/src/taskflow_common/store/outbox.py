@@ -23,15 +23,6 @@ DEAD_LETTER_PAYLOAD = "dead"
 """Payload of a :data:`CHANNEL` notification whose statement left a dead letter pending
 (migration 0003); other notifications carry an empty payload."""
 
-_DUE = """
-SELECT id, attempts, dispatch_seq, priority, trace_parent
-  FROM tasks
- WHERE dispatch_pending AND run_at <= now()
- ORDER BY run_at
- LIMIT $1
-   FOR UPDATE SKIP LOCKED
-"""
-
 _MARK_DISPATCHED = """
 UPDATE tasks AS t
    SET dispatch_pending = false, dispatch_seq = u.seq, dispatched_at = now()
@@ -79,19 +70,6 @@ class Due:
     trace_parent: str | None
 
 
-async def lock_due(conn: asyncpg.Connection, limit: int) -> list[Due]:
-    """Lock up to ``limit`` due tasks, oldest ``run_at`` first. Call inside a transaction.
-
-    Each :class:`Due` carries the dispatch number its message must carry (current + 1)
-    and the attempt it is meant to start (attempts + 1).
-    """
-    rows = await conn.fetch(_DUE, limit)
-    return [
-        Due(r["id"], r["attempts"] + 1, r["dispatch_seq"] + 1, r["priority"], r["trace_parent"])
-        for r in rows
-    ]
-
-
 @dataclass(frozen=True, slots=True)
 class DuePass:
     """What one outbox pass locked, and when to look again.
@@ -108,9 +86,9 @@ class DuePass:
 async def lock_due_pass(conn: asyncpg.Connection, limit: int) -> DuePass:
     """Lock up to ``limit`` due tasks and read the next due time, in ONE round trip.
 
-    Call inside a transaction (the row locks last until it ends); see :func:`lock_due`
-    for what each :class:`Due` carries. Replaces :func:`lock_due` followed by
-    :func:`next_due_in` in the dispatcher's pass.
+    Call inside a transaction (the row locks last until it ends). Each :class:`Due`
+    carries the dispatch number its message must carry (current + 1) and the attempt it
+    is meant to start (attempts + 1).
     """
     rows = await conn.fetch(_LOCK_DUE_AND_NEXT, limit)
     due = [
@@ -123,19 +101,11 @@ async def lock_due_pass(conn: asyncpg.Connection, limit: int) -> DuePass:
 
 
 async def mark_dispatched(conn: asyncpg.Connection, published: Sequence[Due]) -> None:
-    """Record PubAck'd publishes (same transaction as :func:`lock_due`)."""
+    """Record PubAck'd publishes (same transaction as :func:`lock_due_pass`)."""
     if published:
         await conn.execute(
             _MARK_DISPATCHED, [d.task_id for d in published], [d.dispatch for d in published]
         )
-
-
-async def next_due_in(conn: asyncpg.Connection) -> float | None:
-    """Seconds until the earliest pending task is due (<= 0: now), None when none is."""
-    value = await conn.fetchval(
-        "SELECT extract(epoch FROM min(run_at) - now())::float8 FROM tasks WHERE dispatch_pending"
-    )
-    return None if value is None else float(value)
 
 
 async def dispatch_lag(conn: asyncpg.Connection) -> float:

@@ -1,0 +1,102 @@
+"""The dispatcher: the only path from Postgres to JetStream, and the wiring of its duties.
+
+Four background duties share one pool and one NATS connection, each a module of its own
+with the same contract (:class:`Duty`: ``run(stop)`` until the stop event is set, never
+raising for an outage):
+
+- :class:`~taskflow_dispatcher.sweeper.OutboxSweeper`: publishes due tasks (and pending
+  dead letters) in batches, woken by ``LISTEN taskflow_outbox``;
+- :class:`~taskflow_dispatcher.reaper.Reaper`: abandons attempts whose lease expired and
+  re-queues tasks published but unclaimed for too long;
+- :class:`~taskflow_dispatcher.stream_watch.StreamWatch`: recreates vanished streams and
+  re-queues what their messages carried;
+- :class:`~taskflow_dispatcher.sampler.Sampler`: samples the lag and consumer gauges.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Protocol
+
+from prometheus_client import CollectorRegistry
+
+from taskflow_common.bus import Bus, connect
+from taskflow_common.db import Database, open_pool
+from taskflow_common.errors import UnavailableError
+from taskflow_common.lifecycle import ready
+from taskflow_common.metrics import new_registry
+from taskflow_common.metrics import serve as serve_metrics
+from taskflow_dispatcher.metrics import DispatcherMetrics
+from taskflow_dispatcher.reaper import Reaper
+from taskflow_dispatcher.sampler import Sampler
+from taskflow_dispatcher.settings import DispatcherSettings
+from taskflow_dispatcher.stream_watch import StreamWatch
+from taskflow_dispatcher.sweeper import OutboxSweeper
+
+
+class Duty(Protocol):
+    """One background duty of the dispatcher (River's maintenance-service contract)."""
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Do the duty until ``stop`` is set; back off and retry through outages."""
+
+
+class Dispatcher:
+    """The dispatcher's duties over one pool and one NATS connection."""
+
+    def __init__(
+        self,
+        settings: DispatcherSettings,
+        db: Database,
+        bus: Bus,
+        registry: CollectorRegistry | None = None,
+    ) -> None:
+        self.settings = settings
+        self.metrics = DispatcherMetrics(registry or new_registry())
+        self.sweeper = OutboxSweeper(settings, db, bus, self.metrics)
+        self.reaper = Reaper(settings, db)
+        self.stream_watch = StreamWatch(
+            db, bus, settings.stream_check_interval, on_recreated=self.sweeper.wake.set
+        )
+        self.sampler = Sampler(db, bus, self.metrics, settings.metrics_interval)
+
+    @property
+    def duties(self) -> list[Duty]:
+        """Every duty :meth:`run` runs, in start order."""
+        return [self.sweeper, self.reaper, self.stream_watch, self.sampler]
+
+    async def start(self, stop: asyncio.Event) -> None:
+        """Make sure the streams exist (retrying while NATS is down)."""
+        await self.stream_watch.prepare(stop)
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Run every duty until ``stop`` is set."""
+        async with asyncio.TaskGroup() as group:
+            for duty in self.duties:
+                group.create_task(duty.run(stop))
+
+
+async def serve(settings: DispatcherSettings, stop: asyncio.Event) -> None:
+    """Service body for :func:`taskflow_common.lifecycle.run_service`.
+
+    Opens the pool (1-4 connections) and the NATS connection, serves ``/metrics`` on
+    ``DISPATCHER_METRICS_HOST:PORT``, reconciles the streams, reports ready, then runs the
+    duties until ``stop``. Raises UnavailableError when a dependency cannot be reached
+    at start (unless stopping), MetricsPortError when the metrics port is taken.
+    """
+    try:
+        async with (
+            open_pool(settings, min_size=1, max_size=4) as db,
+            connect(settings, "taskflow-dispatcher", stop=stop) as bus,
+        ):
+            registry = new_registry()
+            dispatcher = Dispatcher(settings, db, bus, registry)
+            with serve_metrics(
+                registry, settings.metrics_host, settings.metrics_port, "DISPATCHER_METRICS_PORT"
+            ) as metrics_server:
+                await dispatcher.start(stop)
+                ready(stream=bus.names.stream, metrics_port=metrics_server.port)
+                await dispatcher.run(stop)
+    except UnavailableError:
+        if not stop.is_set():
+            raise
