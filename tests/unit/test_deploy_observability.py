@@ -1,8 +1,8 @@
 """deploy/: the Grafana dashboard and the Prometheus rules and scrape config.
 
 Every PromQL expression may name only series the services really export (collected from
-the metric definitions in :mod:`taskflow_common.metrics`, which the e2e metrics test
-checks against real scrapes) or Prometheus' own ``up``; every ``job`` it selects must be a
+each service's metric definitions by :mod:`tests.support.exported`, which the e2e metrics
+test checks against real scrapes) or Prometheus' own ``up``; every ``job`` it selects must be a
 job of the scrape config.
 """
 
@@ -18,7 +18,7 @@ import yaml
 from yamllint import linter
 from yamllint.config import YamlLintConfig
 
-from taskflow_common.metrics import exported_names
+from tests.support.exported import exported_names
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
 DASHBOARD = DEPLOY / "grafana" / "taskflow.json"

@@ -2,8 +2,10 @@
 
 Each service builds its own :class:`~prometheus_client.CollectorRegistry` with
 :func:`new_registry` (process, platform and GC collectors included) and one metrics
-object for its role: :class:`ApiMetrics` (ingest API), :class:`WorkerMetrics`,
-:class:`DispatcherMetrics`, :class:`DlqMetrics`. The ingest API and the dlq-monitor serve
+object for its role: :class:`WorkerMetrics`, :class:`DispatcherMetrics`, and in the HTTP
+services ``ApiMetrics`` (``taskflow_ingest_api.metrics``) and ``DlqMetrics``
+(``taskflow_dlq_monitor.metrics``), which extend :class:`HttpMetrics` and use
+:class:`LabelCap` and :func:`priority_label`. The ingest API and the dlq-monitor serve
 ``GET /metrics`` on their HTTP port (:class:`taskflow_common.http.MetricsResource`); the
 worker and the dispatcher on their own port (:func:`serve`, ``WORKER_METRICS_PORT``
 default 9101, ``DISPATCHER_METRICS_PORT`` default 9102, 0 = any free port).
@@ -17,8 +19,8 @@ Hot-path cost: a counter increment or histogram observation with cached label ch
 is about a microsecond; nothing here logs or does I/O per task. Gauges that need a
 query (dispatcher lag, consumer state) are sampled by a background loop in their
 service, never on the task path. ``_created`` series are disabled (they double the
-output and no dashboard uses them). :func:`exported_names` lists every series name a
-role exports, for the dashboard and alert-rule checks.
+output and no dashboard uses them). :func:`series_names` lists every series name a
+registry exports, for the dashboard and alert-rule checks.
 """
 
 from __future__ import annotations
@@ -48,16 +50,15 @@ from taskflow_common.subjects import PRIORITIES
 
 __all__ = [
     "CONTENT_TYPE_LATEST",
-    "ApiMetrics",
     "DispatcherMetrics",
-    "DlqMetrics",
     "HttpMetrics",
     "LabelCap",
     "MetricsServer",
     "WorkerMetrics",
-    "exported_names",
     "new_registry",
+    "priority_label",
     "render",
+    "series_names",
     "serve",
 ]
 
@@ -177,33 +178,6 @@ class HttpMetrics:
         count, latency = children
         count.inc()
         latency.observe(seconds)
-
-
-class ApiMetrics(HttpMetrics):
-    """The ingest API's metrics: HTTP plus ``taskflow_tasks_submitted_total{type,priority}``."""
-
-    def __init__(self, registry: CollectorRegistry) -> None:
-        super().__init__(registry)
-        self.types = LabelCap()
-        self.submitted = Counter(
-            "taskflow_tasks_submitted",
-            "Tasks created through the API (idempotent replays not counted).",
-            ["type", "priority"],
-            registry=registry,
-        )
-        self._submitted: dict[tuple[str, str], Counter] = {}
-
-    def task_submitted(self, task_type: str, priority: str) -> None:
-        """Count one newly created task (label children cached per type and priority)."""
-        key = (task_type, priority)
-        child = self._submitted.get(key)
-        if child is None:
-            child = self.submitted.labels(self.types(task_type), priority_label(priority))
-            # Only bounded keys are cached: a type folded into "other" (past the cap)
-            # or an unknown priority would let clients grow the cache without end.
-            if self.types(task_type) == task_type and priority_label(priority) == priority:
-                self._submitted[key] = child
-        child.inc()
 
 
 # -- worker ------------------------------------------------------------------------------
@@ -414,60 +388,6 @@ class DispatcherMetrics:
         self.redelivered.labels(p).set(redelivered)
 
 
-# -- dlq-monitor -------------------------------------------------------------------------
-
-
-class DlqMetrics(HttpMetrics):
-    """The dlq-monitor's metrics: HTTP plus dead letters recorded, open, replayed, discarded."""
-
-    def __init__(self, registry: CollectorRegistry) -> None:
-        super().__init__(registry)
-        self.types = LabelCap()
-        self.recorded = Counter(
-            "taskflow_dead_letters_recorded",
-            "Dead letters newly recorded in Postgres by this process (redeliveries not "
-            "counted), by type and priority (``none`` for undecodable ones).",
-            ["type", "priority"],
-            registry=registry,
-        )
-        self.open = Gauge(
-            "taskflow_dead_letters_open",
-            "Dead letters waiting for an operator (status open), by type; read from "
-            "Postgres at scrape time.",
-            ["type"],
-            registry=registry,
-        )
-        self.replayed = Counter(
-            "taskflow_dead_letters_replayed",
-            "Tasks replayed from the dead-letter API or console.",
-            registry=registry,
-        )
-        self.discarded = Counter(
-            "taskflow_dead_letters_discarded",
-            "Dead letters discarded from the dead-letter API or console.",
-            registry=registry,
-        )
-        self._open_types: set[str] = set()
-
-    def dead_letter_recorded(self, task_type: str | None, priority: str | None) -> None:
-        """Count one newly recorded dead letter."""
-        t = self.types(task_type) if task_type is not None else "none"
-        p = priority_label(priority) if priority is not None else "none"
-        self.recorded.labels(t, p).inc()
-
-    def open_by_type(self, counts: dict[str | None, int]) -> None:
-        """Set the open gauge from ``{type: count}``; types no longer open drop to 0."""
-        now: dict[str, int] = {}
-        for task_type, n in counts.items():
-            label = self.types(task_type) if task_type is not None else "none"
-            now[label] = now.get(label, 0) + n
-        for gone in self._open_types - now.keys():
-            self.open.labels(gone).set(0)
-        for label, n in now.items():
-            self.open.labels(label).set(n)
-        self._open_types |= now.keys()
-
-
 # -- serving (worker, dispatcher) ---------------------------------------------------------
 
 
@@ -533,20 +453,3 @@ def series_names(registry: CollectorRegistry) -> set[str]:
         names.update(family.name + s for s in _SUFFIXES.get(family.type, ("",)))
         names.update(sample.name for sample in family.samples)
     return names
-
-
-def exported_names() -> dict[str, set[str]]:
-    """Series names each service exports, keyed ``ingest-api``/``worker``/``dispatcher``/
-    ``dlq-monitor`` (built from fresh registries, so nothing is shared with a service)."""
-    roles: dict[str, Callable[[CollectorRegistry], Any]] = {
-        "ingest-api": ApiMetrics,
-        "worker": lambda r: WorkerMetrics(r, slots=1),
-        "dispatcher": DispatcherMetrics,
-        "dlq-monitor": DlqMetrics,
-    }
-    out: dict[str, set[str]] = {}
-    for role, make in roles.items():
-        registry = new_registry()
-        make(registry)
-        out[role] = series_names(registry)
-    return out

@@ -13,18 +13,19 @@ import copy
 from functools import cache
 from typing import Any
 
-from taskflow_common.store.rows import EXECUTION_STATUSES, TASK_FIELDS, TASK_STATUSES
-from taskflow_common.store.tasks import MAX_BATCH, MAX_LIST_LIMIT, TYPE_PATTERN
-from taskflow_common.subjects import PRIORITIES
-from taskflow_ingest_api.validation import (
-    DEFAULT_LIST_LIMIT,
+from taskflow_common.spec import (
     MAX_DELAY_MS,
     MAX_TAGS,
     MAX_TIMEOUT_S,
-    RFC3339_PATTERN,
     TAG_KEY_CHARS,
     TAG_VALUE_CHARS,
+    TYPE_PATTERN,
 )
+from taskflow_common.store.rows import EXECUTION_STATUSES, TASK_FIELDS, TASK_STATUSES
+from taskflow_common.store.submissions import MAX_BATCH
+from taskflow_common.store.tasks import MAX_LIST_LIMIT
+from taskflow_common.subjects import PRIORITIES
+from taskflow_ingest_api.validation import DEFAULT_LIST_LIMIT, RFC3339_PATTERN
 
 API = "/api/v1"
 
