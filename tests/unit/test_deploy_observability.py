@@ -1,9 +1,9 @@
 """deploy/: the Grafana dashboard and the Prometheus rules and scrape config.
 
 Every PromQL expression may name only series the services really export (collected from
-each service's metric definitions by :mod:`tests.support.exported`, which the e2e metrics
-test checks against real scrapes) or Prometheus' own ``up``; every ``job`` it selects must be a
-job of the scrape config.
+the metric definitions in :mod:`taskflow_common.metrics` and the services' own metrics
+modules, which the e2e metrics test checks against real scrapes) or Prometheus' own
+``up``; every ``job`` it selects must be a job of the scrape config.
 """
 
 from __future__ import annotations
@@ -18,7 +18,9 @@ import yaml
 from yamllint import linter
 from yamllint.config import YamlLintConfig
 
-from tests.support.exported import exported_names
+from taskflow_common.metrics import exported_names
+from taskflow_dlq_monitor.metrics import DlqMetrics
+from taskflow_ingest_api.metrics import ApiMetrics
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
 DASHBOARD = DEPLOY / "grafana" / "taskflow.json"
@@ -58,7 +60,7 @@ def jobs_selected(expr: str) -> list[tuple[str, str]]:
 
 def allowed() -> set[str]:
     names: set[str] = set(PROMETHEUS_OWN)
-    for series in exported_names().values():
+    for series in exported_names({"ingest-api": ApiMetrics, "dlq-monitor": DlqMetrics}).values():
         names |= series
     return names
 

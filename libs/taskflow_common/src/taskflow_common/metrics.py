@@ -19,15 +19,15 @@ Hot-path cost: a counter increment or histogram observation with cached label ch
 is about a microsecond; nothing here logs or does I/O per task. Gauges that need a
 query (dispatcher lag, consumer state) are sampled by a background loop in their
 service, never on the task path. ``_created`` series are disabled (they double the
-output and no dashboard uses them). :func:`series_names` lists every series name a
-registry exports, for the dashboard and alert-rule checks.
+output and no dashboard uses them). :func:`exported_names` lists every series name a
+role exports, for the dashboard and alert-rule checks.
 """
 
 from __future__ import annotations
 
 import contextlib
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 from wsgiref.simple_server import WSGIServer
 
@@ -55,6 +55,7 @@ __all__ = [
     "LabelCap",
     "MetricsServer",
     "WorkerMetrics",
+    "exported_names",
     "new_registry",
     "priority_label",
     "render",
@@ -453,3 +454,29 @@ def series_names(registry: CollectorRegistry) -> set[str]:
         names.update(family.name + s for s in _SUFFIXES.get(family.type, ("",)))
         names.update(sample.name for sample in family.samples)
     return names
+
+
+MetricsFactory = Callable[[CollectorRegistry], Any]
+"""Builds a service's metrics object on a registry (e.g. a metrics class)."""
+
+
+def exported_names(services: Mapping[str, MetricsFactory] | None = None) -> dict[str, set[str]]:
+    """Series names each service exports, keyed by role (``worker``, ``dispatcher``, and
+    whatever ``services`` names), built from fresh registries (nothing shared with a service).
+
+    The metrics classes defined here are included; ``services`` adds (or overrides) the
+    roles whose metrics live in their service, e.g. ``{"ingest-api": ApiMetrics,
+    "dlq-monitor": DlqMetrics}``: the library never imports a service, so the caller
+    passes them in.
+    """
+    roles: dict[str, MetricsFactory] = {
+        "worker": lambda r: WorkerMetrics(r, slots=1),
+        "dispatcher": DispatcherMetrics,
+    }
+    roles.update(services or {})
+    out: dict[str, set[str]] = {}
+    for role, make in roles.items():
+        registry = new_registry()
+        make(registry)
+        out[role] = series_names(registry)
+    return out
