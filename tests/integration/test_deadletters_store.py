@@ -13,10 +13,10 @@ import pytest
 
 from taskflow_common import db
 from taskflow_common.config import CommonSettings, load
-from taskflow_common.errors import InvalidStateError, NotFoundError
+from taskflow_common.errors import InvalidCursor, InvalidStateError, NotFoundError
 from taskflow_common.messages import DeadLetter
-from taskflow_common.store import deadletters
-from taskflow_common.store.tasks import InvalidCursor
+from taskflow_common.store import deadletter_stats, deadletters
+from taskflow_common.store.rows import dead_letter_json
 
 
 async def connect(url: str) -> asyncpg.Connection:
@@ -221,7 +221,7 @@ async def test_stats_counts_by_type_error_and_window(conn: asyncpg.Connection) -
     await deadletters.record(conn, "raw", DeadLetter(reason="undecodable dead letter", raw=b"x"))
     await conn.execute("UPDATE dead_letters SET status = 'replayed' WHERE dedupe_key = 'a3'")
 
-    stats = await deadletters.stats(conn)
+    stats = await deadletter_stats.stats(conn)
     assert stats["windows"] == ["1h", "24h", "7d", "all"]
     assert stats["total"] == {"1h": 2, "24h": 3, "7d": 4, "all": 5}
     assert stats["by_status"] == {"open": 4, "replayed": 1, "discarded": 0}
@@ -236,7 +236,7 @@ async def test_stats_counts_by_type_error_and_window(conn: asyncpg.Connection) -
 
 
 async def test_stats_of_an_empty_table(conn: asyncpg.Connection) -> None:
-    stats = await deadletters.stats(conn)
+    stats = await deadletter_stats.stats(conn)
     assert stats["total"] == {"1h": 0, "24h": 0, "7d": 0, "all": 0}
     assert stats["by_type"] == []
     assert stats["by_error"] == []
@@ -384,10 +384,10 @@ def test_dead_letter_json_shape() -> None:
         "recorded_at": at,
         "resolved_at": None,
     }
-    out = deadletters.dead_letter_json(row, with_raw=True)
+    out = dead_letter_json(row, with_raw=True)
     assert out["id"] == str(ident)
     assert out["task_id"] == str(task_id)
     assert out["failed_at"] == "2026-11-29T15:03:28.123456Z"
     assert out["raw_bytes"] == 3
     assert out["raw"] == "YWJj"
-    assert "raw" not in deadletters.dead_letter_json(row)
+    assert "raw" not in dead_letter_json(row)

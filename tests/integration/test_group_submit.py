@@ -16,10 +16,10 @@ import pytest
 from taskflow_common.config import CommonSettings, load
 from taskflow_common.db import Database, open_pool
 from taskflow_common.errors import UnavailableError
+from taskflow_common.spec import TaskSpec
 from taskflow_common.store import attempts
 from taskflow_common.store import claims as claim_store
 from taskflow_common.store import events as task_events
-from taskflow_common.store.tasks import TaskSpec
 from taskflow_ingest_api.submitter import GroupSubmitter
 
 

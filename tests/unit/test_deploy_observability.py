@@ -1,9 +1,9 @@
 """deploy/: the Grafana dashboard and the Prometheus rules and scrape config.
 
 Every PromQL expression may name only series the services really export (collected from
-the metric definitions in :mod:`taskflow_common.metrics` and :mod:`taskflow_worker.metrics`,
-which the e2e metrics test checks against real scrapes) or Prometheus' own ``up``; every
-``job`` it selects must be a job of the scrape config.
+the metric definitions in :mod:`taskflow_common.metrics` and the services' own metrics
+modules, which the e2e metrics test checks against real scrapes) or Prometheus' own
+``up``; every ``job`` it selects must be a job of the scrape config.
 """
 
 from __future__ import annotations
@@ -20,6 +20,8 @@ from yamllint.config import YamlLintConfig
 
 from taskflow_common.metrics import exported_names
 from taskflow_dispatcher.metrics import DispatcherMetrics
+from taskflow_dlq_monitor.metrics import DlqMetrics
+from taskflow_ingest_api.metrics import ApiMetrics
 from taskflow_worker.metrics import exported_names as worker_names
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
@@ -60,7 +62,8 @@ def jobs_selected(expr: str) -> list[tuple[str, str]]:
 
 def allowed() -> set[str]:
     names: set[str] = set(PROMETHEUS_OWN)
-    for series in exported_names({"dispatcher": DispatcherMetrics}).values():
+    roles = {"ingest-api": ApiMetrics, "dlq-monitor": DlqMetrics, "dispatcher": DispatcherMetrics}
+    for series in exported_names(roles).values():
         names |= series
     names |= worker_names()
     return names

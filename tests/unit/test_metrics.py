@@ -9,6 +9,8 @@ from prometheus_client import generate_latest
 
 from taskflow_common import metrics
 from taskflow_common.logs import TASK_EVENTS
+from taskflow_dlq_monitor.metrics import DlqMetrics
+from taskflow_ingest_api.metrics import ApiMetrics
 from taskflow_worker.metrics import WorkerMetrics
 from tests.support.scrape import parse
 
@@ -30,7 +32,7 @@ def test_label_cap_keeps_the_first_values_and_folds_later_ones_into_other() -> N
 
 def test_type_label_is_bounded_per_process() -> None:
     registry = metrics.new_registry()
-    api = metrics.ApiMetrics(registry)
+    api = ApiMetrics(registry)
     for i in range(metrics.MAX_TYPES + 50):
         api.task_submitted(f"type-{i}", "normal")
     api.task_submitted("type-0", "urgent")
@@ -71,7 +73,7 @@ def test_worker_failures_split_into_retried_and_failed_for_good() -> None:
 
 def test_open_dead_letters_gauge_drops_types_that_are_gone() -> None:
     registry = metrics.new_registry()
-    dlq = metrics.DlqMetrics(registry)
+    dlq = DlqMetrics(registry)
     dlq.open_by_type({"a": 2, None: 1})
     dlq.open_by_type({"b": 4})
     scrape = parse(generate_latest(registry).decode())

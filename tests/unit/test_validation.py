@@ -7,17 +7,12 @@ import uuid
 
 import pytest
 
+from taskflow_common.errors import InvalidCursor
 from taskflow_common.http import Problem, to_dict
 from taskflow_common.http import parse_uuid as parse_task_id
-from taskflow_common.store.tasks import (
-    InvalidCursor,
-    TaskSpec,
-    _clean,
-    _problems,
-    decode_cursor,
-    encode_cursor,
-    json_problems,
-)
+from taskflow_common.spec import TaskSpec, _clean, _problems, json_problems
+from taskflow_common.store.cursor import decode as decode_cursor
+from taskflow_common.store.cursor import encode as encode_cursor
 from taskflow_ingest_api.validation import (
     check_content_type,
     parse_idempotency_key,

@@ -9,8 +9,8 @@
         task = await enqueue(conn, "email.receipt", {"order_id": 42})
     # The task exists if and only if this transaction committed.
 
-The row is written by :func:`taskflow_common.store.tasks.submit`, the same statement the
-ingest API runs, so the task is ``queued`` with ``dispatch_pending`` set. The dispatcher
+The row is written by :func:`taskflow_common.store.submissions.submit`, the same statement
+the ingest API runs, so the task is ``queued`` with ``dispatch_pending`` set. The dispatcher
 learns of it from the outbox trigger's ``NOTIFY``, which Postgres delivers only at commit;
 a rolled-back transaction leaves neither a row nor a notification, so nothing can run.
 Outside a transaction the insert commits at once (like a REST submit).
@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import datetime as dt
 import math
-import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -32,28 +31,17 @@ import orjson
 
 from taskflow_client.errors import Conflict, FieldError, ValidationFailed
 from taskflow_client.models import Priority, Task
+from taskflow_common import spec as rules
 from taskflow_common.errors import IdempotencyKeyReused
-from taskflow_common.store import tasks as store
+from taskflow_common.store import submissions
 from taskflow_common.store.rows import task_json
 from taskflow_common.subjects import PRIORITIES
 
-# The ingest API's limits (taskflow_ingest_api.validation), so that enqueue accepts
-# exactly what a REST submit accepts.
-MAX_JSON_DEPTH = 64
+# The limits are taskflow_common.spec's, which the ingest API's validation enforces too,
+# so that enqueue accepts exactly what a REST submit accepts.
+MAX_JSON_DEPTH = rules.DEFAULT_JSON_DEPTH
 """Deepest payload nesting accepted (the ingest API's default ``MAX_JSON_DEPTH``)."""
-MAX_ATTEMPTS_RANGE = (1, 100)
-MAX_DELAY_MS = 31_536_000_000
-"""Longest ``delay_ms``: 365 days."""
-MAX_TIMEOUT_S = 86_400.0
-"""Largest ``timeout_s``: one day."""
-MAX_TAGS = 32
-TAG_KEY_CHARS = 128
-TAG_VALUE_CHARS = 512
-TAGS_RULE = (
-    f"must be a mapping of at most {MAX_TAGS} string values: keys 1..{TAG_KEY_CHARS} "
-    f"characters without ':', values at most {TAG_VALUE_CHARS} characters, no \\u0000"
-)
-_PRINTABLE_ASCII = re.compile(r"^[\x20-\x7e]{1,255}$")
+TAGS_RULE = rules.tags_rule("a mapping")
 
 
 async def enqueue(
@@ -105,13 +93,13 @@ async def enqueue(
     )
     try:
         if await _decodes_json(conn):
-            row, _ = await store.submit(conn, spec)
+            row, _ = await submissions.submit(conn, spec)
         else:
             await conn.set_type_codec(
                 "jsonb", encoder=_dumps, decoder=orjson.loads, schema="pg_catalog"
             )
             try:
-                row, _ = await store.submit(conn, spec)
+                row, _ = await submissions.submit(conn, spec)
             finally:
                 await conn.reset_type_codec("jsonb", schema="pg_catalog")
     except IdempotencyKeyReused as exc:
@@ -139,48 +127,48 @@ def _spec(
     timeout_s: Any,
     tags: Any,
     idempotency_key: Any,
-) -> store.TaskSpec:
+) -> rules.TaskSpec:
     problems: list[FieldError] = []
 
     def bad(name: str, message: str) -> None:
         problems.append(FieldError(name, message))
 
-    if not isinstance(type, str) or not store.TYPE_PATTERN.match(type):
-        bad("type", "must be 1..128 characters of A-Z a-z 0-9 _ . : -")
+    if not isinstance(type, str) or not rules.TYPE_PATTERN.match(type):
+        bad("type", rules.TYPE_RULE)
     problems += [
-        FieldError(f, m) for f, m in store.json_problems(payload, "payload", MAX_JSON_DEPTH)
+        FieldError(f, m) for f, m in rules.json_problems(payload, "payload", MAX_JSON_DEPTH)
     ]
     if priority not in PRIORITIES:
-        bad("priority", "must be one of: " + ", ".join(PRIORITIES))
-    low, high = MAX_ATTEMPTS_RANGE
-    if not _is_int(max_attempts) or not low <= max_attempts <= high:
-        bad("max_attempts", f"must be an integer from {low} to {high}")
+        bad("priority", rules.PRIORITY_RULE)
+    if not _is_int(max_attempts) or not rules.MIN_ATTEMPTS <= max_attempts <= rules.MAX_ATTEMPTS:
+        bad("max_attempts", rules.ATTEMPTS_RULE)
     if run_at is not None and (not isinstance(run_at, dt.datetime) or run_at.tzinfo is None):
         bad("run_at", "must be an aware datetime (with a UTC offset)")
-    if delay_ms is not None and (not _is_int(delay_ms) or not 0 <= delay_ms <= MAX_DELAY_MS):
-        bad("delay_ms", f"must be an integer from 0 to {MAX_DELAY_MS} (milliseconds)")
+    if delay_ms is not None and (not _is_int(delay_ms) or not 0 <= delay_ms <= rules.MAX_DELAY_MS):
+        bad("delay_ms", rules.DELAY_RULE)
     elif delay_ms is not None and run_at is not None:
-        bad("delay_ms", "give run_at or delay_ms, not both")
+        bad("delay_ms", rules.BOTH_RULE)
     if timeout_s is not None and (
         not isinstance(timeout_s, int | float)
         or isinstance(timeout_s, bool)
         or not math.isfinite(timeout_s)
-        or not 0 < timeout_s <= MAX_TIMEOUT_S
+        or not 0 < timeout_s <= rules.MAX_TIMEOUT_S
     ):
-        bad("timeout_s", f"must be a number above 0 and at most {MAX_TIMEOUT_S:g} (seconds)")
-    if tags is not None and not _tags_ok(tags):
+        bad("timeout_s", rules.TIMEOUT_RULE)
+    if tags is not None and not rules.tags_ok(tags):
         bad("tags", TAGS_RULE)
     if idempotency_key is not None and (
-        not isinstance(idempotency_key, str) or not _PRINTABLE_ASCII.match(idempotency_key)
+        not isinstance(idempotency_key, str)
+        or not rules.IDEMPOTENCY_KEY_PATTERN.match(idempotency_key)
     ):
-        bad("idempotency_key", "must be 1..255 printable ASCII characters")
+        bad("idempotency_key", rules.IDEMPOTENCY_KEY_RULE)
     if problems:
         first = problems[0]
         more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
         raise ValidationFailed(
             "validation_error", f"{first.field}: {first.message}{more}", errors=problems
         )
-    return store.TaskSpec(
+    return rules.TaskSpec(
         type=type,
         payload=payload,
         priority=priority,
@@ -191,19 +179,6 @@ def _spec(
         run_at=run_at,
         delay_s=None if delay_ms is None else delay_ms / 1000,
     )
-
-
-def _tags_ok(tags: Any) -> bool:
-    if not isinstance(tags, Mapping) or len(tags) > MAX_TAGS:
-        return False
-    for key, value in tags.items():
-        if not isinstance(key, str) or not isinstance(value, str):
-            return False
-        if not 1 <= len(key) <= TAG_KEY_CHARS or ":" in key or "\x00" in key:
-            return False
-        if len(value) > TAG_VALUE_CHARS or "\x00" in value:
-            return False
-    return True
 
 
 def _is_int(value: Any) -> bool:

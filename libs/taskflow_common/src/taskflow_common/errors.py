@@ -47,11 +47,31 @@ class IdempotencyKeyReused(ConflictError):
         )
 
 
+class BatchKeyReused(IdempotencyKeyReused):
+    """Item ``index`` of a batch reuses an ``Idempotency-Key`` with a different spec.
+
+    The key was used before (by an earlier request or an earlier item of the same
+    batch) for a task whose request differs; nothing of the batch is created.
+    """
+
+    def __init__(self, key: str, index: int) -> None:
+        super().__init__(key)
+        self.index = index
+
+
+class InvalidCursor(TaskFlowError, ValueError):
+    """A list cursor that TaskFlow did not produce (or that was damaged); HTTP 400."""
+
+
 class InvalidStateError(ConflictError):
     """The task is not in a state that allows the requested transition."""
 
     def __init__(self, detail: str) -> None:
         super().__init__("invalid_state", detail)
+
+
+class StartupFailed(TaskFlowError):
+    """A service could not start serving (its port is taken, its start-up failed); exit 1."""
 
 
 class IncompatibleServerError(TaskFlowError, RuntimeError):

@@ -37,6 +37,10 @@ TASK_EVENTS: Mapping[str, str] = MappingProxyType(
         # event: "service, level: meaning (fields beyond task_id/attempt/trace_id/span_id)"
         "task_submitted": "ingest-api, INFO: a task was created (type, priority)",
         "task_submit_replayed": "ingest-api, INFO: an Idempotency-Key replay (no new task)",
+        "task_cancelled": "ingest-api, INFO: cancelled by request (running_attempt: the "
+        "attempt told to stop, or null)",
+        "task_retried": "ingest-api, INFO: a failed or cancelled task was queued again with "
+        "a fresh budget (dead_letters: open ones marked replayed)",
         "task_published": "dispatcher, DEBUG: an attempt's message was PubAck'd",
         "attempt_started": "worker, DEBUG: the attempt was claimed; its handler starts",
         "attempt_succeeded": "worker, DEBUG: the task completed on this attempt",

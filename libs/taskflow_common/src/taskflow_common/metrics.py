@@ -2,9 +2,10 @@
 
 Each service builds its own :class:`~prometheus_client.CollectorRegistry` with
 :func:`new_registry` (process, platform and GC collectors included) and one metrics
-object for its role: :class:`ApiMetrics` (ingest API) and :class:`DlqMetrics`; the
-worker's and the dispatcher's live in their services (``taskflow_worker.metrics``,
-``taskflow_dispatcher.metrics``). The ingest API and the dlq-monitor serve
+object for its role, defined in that service (``taskflow_ingest_api.metrics``,
+``taskflow_worker.metrics``, ``taskflow_dispatcher.metrics``, ``taskflow_dlq_monitor.metrics``)
+from the shared parts here: :class:`HttpMetrics`, :class:`LabelCap`, :func:`priority_label`.
+The ingest API and the dlq-monitor serve
 ``GET /metrics`` on their HTTP port (:class:`taskflow_common.http.MetricsResource`); the
 worker and the dispatcher on their own port (:func:`serve`, ``WORKER_METRICS_PORT``
 default 9101, ``DISPATCHER_METRICS_PORT`` default 9102, 0 = any free port).
@@ -34,7 +35,6 @@ from prometheus_client import (
     CONTENT_TYPE_LATEST,
     CollectorRegistry,
     Counter,
-    Gauge,
     Histogram,
     disable_created_metrics,
     generate_latest,
@@ -49,14 +49,14 @@ from taskflow_common.subjects import PRIORITIES
 
 __all__ = [
     "CONTENT_TYPE_LATEST",
-    "ApiMetrics",
-    "DlqMetrics",
     "HttpMetrics",
     "LabelCap",
     "MetricsServer",
     "exported_names",
     "new_registry",
+    "priority_label",
     "render",
+    "series_names",
     "serve",
 ]
 
@@ -178,87 +178,6 @@ class HttpMetrics:
         latency.observe(seconds)
 
 
-class ApiMetrics(HttpMetrics):
-    """The ingest API's metrics: HTTP plus ``taskflow_tasks_submitted_total{type,priority}``."""
-
-    def __init__(self, registry: CollectorRegistry) -> None:
-        super().__init__(registry)
-        self.types = LabelCap()
-        self.submitted = Counter(
-            "taskflow_tasks_submitted",
-            "Tasks created through the API (idempotent replays not counted).",
-            ["type", "priority"],
-            registry=registry,
-        )
-        self._submitted: dict[tuple[str, str], Counter] = {}
-
-    def task_submitted(self, task_type: str, priority: str) -> None:
-        """Count one newly created task (label children cached per type and priority)."""
-        key = (task_type, priority)
-        child = self._submitted.get(key)
-        if child is None:
-            child = self.submitted.labels(self.types(task_type), priority_label(priority))
-            # Only bounded keys are cached: a type folded into "other" (past the cap)
-            # or an unknown priority would let clients grow the cache without end.
-            if self.types(task_type) == task_type and priority_label(priority) == priority:
-                self._submitted[key] = child
-        child.inc()
-
-
-# -- dlq-monitor -------------------------------------------------------------------------
-
-
-class DlqMetrics(HttpMetrics):
-    """The dlq-monitor's metrics: HTTP plus dead letters recorded, open, replayed, discarded."""
-
-    def __init__(self, registry: CollectorRegistry) -> None:
-        super().__init__(registry)
-        self.types = LabelCap()
-        self.recorded = Counter(
-            "taskflow_dead_letters_recorded",
-            "Dead letters newly recorded in Postgres by this process (redeliveries not "
-            "counted), by type and priority (``none`` for undecodable ones).",
-            ["type", "priority"],
-            registry=registry,
-        )
-        self.open = Gauge(
-            "taskflow_dead_letters_open",
-            "Dead letters waiting for an operator (status open), by type; read from "
-            "Postgres at scrape time.",
-            ["type"],
-            registry=registry,
-        )
-        self.replayed = Counter(
-            "taskflow_dead_letters_replayed",
-            "Tasks replayed from the dead-letter API or console.",
-            registry=registry,
-        )
-        self.discarded = Counter(
-            "taskflow_dead_letters_discarded",
-            "Dead letters discarded from the dead-letter API or console.",
-            registry=registry,
-        )
-        self._open_types: set[str] = set()
-
-    def dead_letter_recorded(self, task_type: str | None, priority: str | None) -> None:
-        """Count one newly recorded dead letter."""
-        t = self.types(task_type) if task_type is not None else "none"
-        p = priority_label(priority) if priority is not None else "none"
-        self.recorded.labels(t, p).inc()
-
-    def open_by_type(self, counts: dict[str | None, int]) -> None:
-        """Set the open gauge from ``{type: count}``; types no longer open drop to 0."""
-        now: dict[str, int] = {}
-        for task_type, n in counts.items():
-            label = self.types(task_type) if task_type is not None else "none"
-            now[label] = now.get(label, 0) + n
-        for gone in self._open_types - now.keys():
-            self.open.labels(gone).set(0)
-        for label, n in now.items():
-            self.open.labels(label).set(n)
-        self._open_types |= now.keys()
-
-
 # -- serving (worker, dispatcher) ---------------------------------------------------------
 
 
@@ -331,18 +250,14 @@ MetricsFactory = Callable[[CollectorRegistry], Any]
 
 
 def exported_names(services: Mapping[str, MetricsFactory] | None = None) -> dict[str, set[str]]:
-    """Series names each service exports, keyed by role (``ingest-api``, ``dlq-monitor``, and
-    whatever ``services`` names), built from fresh registries (nothing shared with a service).
+    """Series names each service exports, keyed by role, built from fresh registries.
 
-    The metrics classes defined here are included; ``services`` adds (or overrides) the
-    roles whose metrics live in their service, e.g. ``{"dispatcher": DispatcherMetrics,
-    "worker": lambda r: WorkerMetrics(r, slots=1)}``:
-    the library never imports a service, so the caller passes them in.
+    ``services`` maps a role to the factory of its metrics object, e.g. ``{"dispatcher":
+    DispatcherMetrics, "worker": lambda r: WorkerMetrics(r, slots=1)}``: every role's
+    metrics live in its service and the library never imports a service, so the caller
+    passes them in.
     """
-    roles: dict[str, MetricsFactory] = {
-        "ingest-api": ApiMetrics,
-        "dlq-monitor": DlqMetrics,
-    }
+    roles: dict[str, MetricsFactory] = {}
     roles.update(services or {})
     out: dict[str, set[str]] = {}
     for role, make in roles.items():

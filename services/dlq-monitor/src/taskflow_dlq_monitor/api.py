@@ -7,7 +7,7 @@ Routes (JSON bodies; errors are problem+json, see :mod:`.problems`):
   ``q`` a case-insensitive substring of the error or reason, ``status``
   ``open|replayed|discarded``, ``limit`` 1..200 (default 50), ``cursor`` opaque.
 - ``GET /api/v1/dlq/stats`` -> 200 counts by type and error over 1h/24h/7d/all
-  (:func:`taskflow_common.store.deadletters.stats`).
+  (:func:`taskflow_common.store.deadletter_stats.stats`).
 - ``GET /api/v1/dlq/{id}`` -> 200 ``{"dead_letters": [DeadLetter + raw], "task": Task |
   null, "executions": [Execution]}``; ``id`` is a task id, or a dead letter's own id for
   one that names no task. Unknown -> 404 ``not_found``; not a UUID -> 400 ``invalid_id``.
@@ -27,7 +27,7 @@ Routes (JSON bodies; errors are problem+json, see :mod:`.problems`):
 - ``GET /api/v1/health`` -> 200 ``{"status": "ok"|"degraded", "checks": {...}}``;
   ``GET /api/v1/ready`` -> the same body, 503 unless Postgres answers.
 
-DeadLetter JSON is :func:`taskflow_common.store.deadletters.dead_letter_json`. Bad query
+DeadLetter JSON is :func:`taskflow_common.store.rows.dead_letter_json`. Bad query
 parameters are 422 ``validation_error`` naming the parameter, a foreign cursor is 400
 ``invalid_cursor`` (the conventions of :mod:`taskflow_common.http`, shared with the
 ingest API).
@@ -60,11 +60,19 @@ from taskflow_common.http import (
     parse_uuid,
     validation_error,
 )
-from taskflow_common.metrics import DlqMetrics, new_registry
-from taskflow_common.store import deadletters
-from taskflow_common.store.rows import execution_json, task_json
+from taskflow_common.metrics import new_registry
+from taskflow_common.store import deadletter_stats, deadletters
+from taskflow_common.store.rows import (
+    DEAD_LETTER_STATUSES,
+    DeadLetterStatus,
+    dead_letter_json,
+    dead_letters_json,
+    execution_json,
+    task_json,
+)
 from taskflow_dlq_monitor import console
 from taskflow_dlq_monitor.consumer import DeadLetterConsumer
+from taskflow_dlq_monitor.metrics import DlqMetrics
 
 log = logs.get_logger(__name__)
 
@@ -97,7 +105,7 @@ class ListQuery:
 
     type: str | None
     q: str | None
-    status: deadletters.DeadLetterStatus | None
+    status: DeadLetterStatus | None
     limit: int
     cursor: str | None
 
@@ -112,8 +120,8 @@ def list_query(req: falcon.asgi.Request) -> ListQuery:
             errors.append(FieldError(name, f"must be at most {MAX_FILTER_CHARS} characters"))
         texts[name] = value
     status = req.get_param("status")
-    if status is not None and status not in deadletters.DEAD_LETTER_STATUSES:
-        allowed = ", ".join(deadletters.DEAD_LETTER_STATUSES)
+    if status is not None and status not in DEAD_LETTER_STATUSES:
+        allowed = ", ".join(DEAD_LETTER_STATUSES)
         errors.append(FieldError("status", f"must be one of: {allowed}"))
     limit = 50
     raw_limit = req.get_param("limit")
@@ -128,7 +136,7 @@ def list_query(req: falcon.asgi.Request) -> ListQuery:
             )
     if errors:
         raise validation_error(errors)
-    checked: deadletters.DeadLetterStatus | None = status  # type: ignore[assignment]
+    checked: DeadLetterStatus | None = status  # type: ignore[assignment]
     return ListQuery(texts["type"], texts["q"], checked, limit, req.get_param("cursor"))
 
 
@@ -155,7 +163,7 @@ class DeadLetterList:
         page = await self.db.run(fetch)
         send_json(
             resp,
-            {"items": deadletters.dead_letters_json(page.items), "next_cursor": page.next_cursor},
+            {"items": dead_letters_json(page.items), "next_cursor": page.next_cursor},
         )
 
 
@@ -167,7 +175,7 @@ class DeadLetterStats:
 
     async def on_get(self, req: falcon.asgi.Request, resp: falcon.asgi.Response) -> None:
         """Counts by type, error and status over the stats windows."""
-        send_json(resp, await self.db.run(deadletters.stats))
+        send_json(resp, await self.db.run(deadletter_stats.stats))
 
 
 class DeadLetterDetail:
@@ -191,9 +199,7 @@ class DeadLetterDetail:
         send_json(
             resp,
             {
-                "dead_letters": [
-                    deadletters.dead_letter_json(r, with_raw=True) for r in detail.dead_letters
-                ],
+                "dead_letters": [dead_letter_json(r, with_raw=True) for r in detail.dead_letters],
                 "task": task_json(detail.task) if detail.task is not None else None,
                 "executions": [execution_json(r) for r in detail.executions],
             },
@@ -240,7 +246,7 @@ class Discard:
         rows = await self.db.run(lambda conn: deadletters.discard(conn, ident))
         self.metrics.discarded.inc(len(rows))
         log.info("dead_letters_discarded", id=str(ident), count=len(rows))
-        send_json(resp, {"items": deadletters.dead_letters_json(rows)})
+        send_json(resp, {"items": dead_letters_json(rows)})
 
 
 class BulkReplay:

@@ -42,25 +42,25 @@ from taskflow_common.bus import Bus, ConsumerGone, Puller
 from taskflow_common.db import Database
 from taskflow_common.errors import UnavailableError
 from taskflow_common.messages import MAX_RAW_BYTES, DeadLetter
-from taskflow_common.metrics import DlqMetrics, new_registry
+from taskflow_common.metrics import new_registry
+from taskflow_common.retry import OUTAGE, Backoff
 from taskflow_common.store import deadletters
 from taskflow_common.subjects import HEADER_MSG_ID, HEADER_TRACEPARENT
+from taskflow_dlq_monitor.metrics import DlqMetrics
 
 log = logs.get_logger(__name__)
 
 UNDECODABLE = "undecodable dead letter"
 BACKOFF_START_S = 0.2
+"""First pause after a failed pull or store (seconds); doubles per failure."""
 BACKOFF_MAX_S = 5.0
+"""Longest pause between two tries while NATS or Postgres is away (seconds)."""
 MAX_ERROR_CHARS = 2000
 """Longest decoding error kept for an undecodable dead letter (characters)."""
 
-# NATS faults around a pull: not answering, or refusing to create the stream/consumer
+# Faults around a pull: an outage, or NATS refusing to create the stream/consumer
 # (APIError, e.g. a foreign stream holds the subject). All are retried with backoff.
-_PULL_FAULTS: tuple[type[BaseException], ...] = (
-    UnavailableError,
-    nats.js.errors.APIError,
-    *NATS_TRANSIENT,
-)
+_PULL_FAULTS: tuple[type[BaseException], ...] = (*OUTAGE, nats.js.errors.APIError)
 _ACK_FAULTS: tuple[type[BaseException], ...] = (*NATS_TRANSIENT, nats.errors.Error)
 
 # Postgres refused the values (class 22 data exceptions, class 23 integrity violations):
@@ -158,7 +158,7 @@ class DeadLetterConsumer:
     async def run(self, stop: asyncio.Event) -> None:
         """Consume until ``stop`` is set. Never raises for NATS or Postgres faults."""
         puller: Puller | None = None
-        delay = BACKOFF_START_S
+        backoff = Backoff(BACKOFF_START_S, BACKOFF_MAX_S)
         try:
             while not stop.is_set():
                 try:
@@ -175,7 +175,7 @@ class DeadLetterConsumer:
                 except _PULL_FAULTS as exc:
                     self._trouble("nats_unavailable", exc)
                 else:
-                    delay = BACKOFF_START_S
+                    backoff.reset()
                     self._healthy()
                     if not msgs:
                         await wait_stop(stop, self.poll_interval_s)
@@ -184,9 +184,8 @@ class DeadLetterConsumer:
                             break  # unacked ones are redelivered to the next run
                         await self.handle(msg, stop)
                     continue
-                if await wait_stop(stop, delay):
+                if await wait_stop(stop, backoff.failed()):
                     return
-                delay = min(delay * 2, BACKOFF_MAX_S)
         finally:
             if puller is not None:
                 await puller.close()
@@ -268,7 +267,7 @@ class DeadLetterConsumer:
         return new
 
     async def _store(self, msg: Msg, key: str, dl: DeadLetter, stop: asyncio.Event) -> bool | None:
-        delay = BACKOFF_START_S
+        backoff = Backoff(BACKOFF_START_S, BACKOFF_MAX_S)
         fallback = dl.reason == UNDECODABLE and dl.raw is not None
         while True:
             try:
@@ -287,6 +286,5 @@ class DeadLetterConsumer:
                 self._trouble("postgres_unavailable", exc)
             with contextlib.suppress(*_ACK_FAULTS):
                 await msg.in_progress()
-            if await wait_stop(stop, delay):
+            if await wait_stop(stop, backoff.failed()):
                 return None
-            delay = min(delay * 2, BACKOFF_MAX_S)

@@ -2,65 +2,33 @@
 
 Start order: the pool (opened empty while Postgres is down, so nothing waits on it), the
 NATS connection (in the background: the API serves replays even while NATS is down), the
-listening socket (bound here, so a port in use is a clear start failure, exit 1), then
-the consumer loop and uvicorn. ``service_ready`` is logged once the first pull
-succeeded and the server accepts connections. On stop: uvicorn finishes open requests,
-the consumer leaves unacked messages for redelivery, NATS is drained, the pool closed.
+HTTP server (:func:`taskflow_common.http.server.listening`: a port in use is a clear
+start failure, exit 1), then the consumer loop. ``service_ready`` is logged once the
+first pull succeeded and the server accepts connections. On stop: uvicorn finishes open
+requests, the consumer leaves unacked messages for redelivery, NATS is drained, the pool
+closed.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import socket
-from collections.abc import Generator
 from contextlib import AsyncExitStack
-
-import uvicorn
 
 from taskflow_common import bus as bus_mod
 from taskflow_common import logs
 from taskflow_common.db import Database, open_pool
-from taskflow_common.errors import TaskFlowError, UnavailableError
+from taskflow_common.errors import UnavailableError
+from taskflow_common.http.server import HttpServer, listening
 from taskflow_common.lifecycle import ready
-from taskflow_common.metrics import DlqMetrics, new_registry
+from taskflow_common.metrics import new_registry
 from taskflow_dlq_monitor.api import Deps, create_app
 from taskflow_dlq_monitor.consumer import DeadLetterConsumer, wait_stop
+from taskflow_dlq_monitor.metrics import DlqMetrics
 from taskflow_dlq_monitor.settings import DlqSettings
 
 log = logs.get_logger(__name__)
 
 SERVICE = "dlq-monitor"
-
-
-class StartError(TaskFlowError):
-    """The service cannot start (e.g. its HTTP port is taken); exit code 1."""
-
-
-class _Server(uvicorn.Server):
-    # run_service owns SIGTERM/SIGINT (they set the stop event); uvicorn must not
-    # replace those handlers or re-raise the signal when it exits.
-    @contextlib.contextmanager
-    def capture_signals(self) -> Generator[None, None, None]:
-        yield
-
-
-def bind_socket(host: str, port: int) -> socket.socket:
-    """Bind a listening TCP socket on ``host:port`` (0 = any free port).
-
-    Raises :class:`StartError` naming the address when it cannot be bound.
-    """
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((host, port))
-        sock.listen(128)
-    except OSError as exc:
-        sock.close()
-        raise StartError(f"cannot listen on {host}:{port} (DLQ_HTTP_PORT): {exc}") from exc
-    sock.setblocking(False)
-    return sock
 
 
 async def open_database(settings: DlqSettings, stack: AsyncExitStack) -> Database:
@@ -78,16 +46,16 @@ async def open_database(settings: DlqSettings, stack: AsyncExitStack) -> Databas
 
 
 async def main(settings: DlqSettings, stop: asyncio.Event) -> None:
-    """Run the dlq-monitor until ``stop`` is set."""
+    """Run the dlq-monitor until ``stop`` is set.
+
+    Raises :class:`~taskflow_common.errors.StartupFailed` when the HTTP port
+    (``DLQ_HTTP_PORT``) cannot be bound.
+    """
     async with AsyncExitStack() as stack:
         db = await open_database(settings, stack)
         bus = await stack.enter_async_context(
             bus_mod.connect(settings, SERVICE, stop=stop, wait=False)
         )
-        sock = bind_socket(settings.http_host, settings.http_port)
-        stack.callback(sock.close)
-        port = sock.getsockname()[1]
-
         metrics = DlqMetrics(new_registry())
         consumer = DeadLetterConsumer(
             db,
@@ -96,44 +64,47 @@ async def main(settings: DlqSettings, stop: asyncio.Event) -> None:
             poll_interval_s=settings.poll_interval,
             metrics=metrics,
         )
-        server = _Server(
-            uvicorn.Config(
+        server = await stack.enter_async_context(
+            listening(
                 create_app(Deps(db, bus, consumer, metrics)),
-                lifespan="off",
-                log_config=None,
-                access_log=False,
-                server_header=False,
-                timeout_graceful_shutdown=10,
+                settings.http_host,
+                settings.http_port,
+                setting="DLQ_HTTP_PORT",
+                lifespan=False,
             )
         )
         consuming = asyncio.create_task(consumer.run(stop), name="dlq-consumer")
-        serving = asyncio.create_task(server.serve(sockets=[sock]), name="dlq-http")
         try:
-            if await _until_ready(consumer, server, stop, (consuming, serving)):
-                ready(host=settings.http_host, port=port, consumer=bus.names.dlq_consumer)
-            stopping = asyncio.create_task(stop.wait())
-            done, _ = await asyncio.wait(
-                {stopping, consuming, serving}, return_when=asyncio.FIRST_COMPLETED
-            )
-            stopping.cancel()
-            for task in done - {stopping}:
-                if not stop.is_set():
-                    log.error("service_part_exited", part=task.get_name())
-                task.result()  # re-raise what ended it early
+            if await _until_ready(consumer, stop, (consuming, server.serving)):
+                ready(host=settings.http_host, port=server.port, consumer=bus.names.dlq_consumer)
+            await _until_a_part_ends(stop, consuming, server)
         finally:
             stop.set()
-            server.should_exit = True
-            await asyncio.gather(serving, consuming, return_exceptions=True)
+            server.stop()
+            await asyncio.gather(consuming, return_exceptions=True)
+
+
+async def _until_a_part_ends(
+    stop: asyncio.Event, consuming: asyncio.Task[None], server: HttpServer
+) -> None:
+    """Return when ``stop`` is set; a part that ends before is logged and re-raised."""
+    stopping = asyncio.create_task(stop.wait())
+    parts: dict[asyncio.Task[object], str] = {consuming: "dlq-consumer", server.serving: "dlq-http"}
+    done, _ = await asyncio.wait({stopping, *parts}, return_when=asyncio.FIRST_COMPLETED)
+    stopping.cancel()
+    for task in done - {stopping}:
+        if not stop.is_set():
+            log.error("service_part_exited", part=parts[task])
+        task.result()  # re-raise what ended it early
 
 
 async def _until_ready(
     consumer: DeadLetterConsumer,
-    server: uvicorn.Server,
     stop: asyncio.Event,
-    tasks: tuple[asyncio.Task[None], ...],
+    tasks: tuple[asyncio.Task[None] | asyncio.Task[bool], ...],
 ) -> bool:
-    """Wait until consuming and listening (True), or ``stop`` or a part ending (False)."""
-    while not (consumer.consuming.is_set() and server.started):
+    """Wait until the consumer consumes (True), or ``stop`` or a part ending (False)."""
+    while not consumer.consuming.is_set():
         if stop.is_set() or any(t.done() for t in tasks):
             return False
         await wait_stop(stop, 0.02)

@@ -1,17 +1,17 @@
-"""Build the Falcon ASGI app (:func:`create_app`) and serve it with uvicorn (:func:`serve`).
+"""Build the Falcon ASGI app (:func:`create_app`) and serve it (:func:`serve`).
 
 The app owns its resources through the ASGI lifespan: on start-up it opens the asyncpg
 pool, starts connecting to NATS in the background (the API takes tasks while NATS is
 down: the dispatcher publishes them later) and starts the task-event listener that
 wakes long polls and event streams; on shutdown it closes all three. Postgres being
 down at start-up does not stop the API either: requests then get 503 ``unavailable`` and
-``/api/v1/ready`` says so until Postgres answers.
+``/api/v1/ready`` says so until Postgres answers. :func:`serve` runs the app with the
+services' one uvicorn runner, :func:`taskflow_common.http.server.listening`.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from contextlib import AsyncExitStack
 from typing import Any
 
@@ -19,13 +19,13 @@ import falcon
 import falcon.asgi
 import falcon.media
 import orjson
-import uvicorn
 
 from taskflow_common import bus as nats_bus
 from taskflow_common import http
 from taskflow_common.db import open_pool
-from taskflow_common.errors import TaskFlowError, UnavailableError
+from taskflow_common.errors import UnavailableError
 from taskflow_common.http import ASGIApp, MetricsResource, RequestContext, RequestMetrics, RouteName
+from taskflow_common.http.server import listening
 from taskflow_common.lifecycle import ready
 from taskflow_common.logs import get_logger
 from taskflow_ingest_api.resources import API, Deps, add_routes
@@ -39,10 +39,6 @@ log = get_logger(__name__)
 SERVICE = "ingest-api"
 GRACEFUL_SHUTDOWN_S = 10
 """How long in-flight requests may take to finish after SIGTERM (seconds)."""
-
-
-class StartupFailed(TaskFlowError):
-    """uvicorn could not start (port in use, lifespan start-up failed)."""
 
 
 class Lifespan:
@@ -121,54 +117,23 @@ async def serve(settings: ApiSettings, stop: asyncio.Event) -> None:
     """Serve the API on ``HTTP_HOST:HTTP_PORT`` until ``stop`` is set.
 
     Logs ``service_ready`` with the bound host and port once uvicorn listens (port 0
-    picks a free port). Raises :class:`StartupFailed` when uvicorn cannot start.
+    picks a free port). Raises :class:`~taskflow_common.errors.StartupFailed` when the
+    port cannot be bound or the lifespan start-up fails.
     """
     deps = Deps()
-    config = uvicorn.Config(
+    async with listening(
         create_app(settings, deps),
-        host=settings.http_host,
-        port=settings.http_port,
-        loop="uvloop",
-        http="httptools",
-        lifespan="on",
-        access_log=False,
-        log_config=None,
-        server_header=False,
-        timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S,
-    )
-    server = uvicorn.Server(config)
-    serving = asyncio.create_task(_serve(server))
-    stopping = asyncio.create_task(stop.wait())
-    try:
-        # uvicorn offers no start-up callback: poll its flag (cheap, start-up only).
-        while not server.started and not serving.done() and not stop.is_set():
-            await asyncio.wait({serving, stopping}, timeout=0.01)
-        if server.started:
-            host, port = server.servers[0].sockets[0].getsockname()[:2]
-            ready(host=host, port=port)
-        await asyncio.wait({serving, stopping}, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        # Answer parked long polls and end event streams now, so that they do not hold
-        # the graceful shutdown for its whole timeout.
-        if deps.events is not None:
-            deps.events.close()
-        server.should_exit = True
-        stopping.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await stopping
-        started = await serving
-    if not started:
-        raise StartupFailed(
-            f"could not start serving on {settings.http_host}:{settings.http_port} "
-            "(see the log above)"
-        )
-
-
-async def _serve(server: uvicorn.Server) -> bool:
-    """Run uvicorn; return whether it had started. uvicorn calls sys.exit on start-up
-    failures (port in use, lifespan error); turn that into a return value."""
-    try:
-        await server.serve()
-    except SystemExit:
-        return False
-    return server.started
+        settings.http_host,
+        settings.http_port,
+        setting="HTTP_PORT",
+        lifespan=True,
+        graceful_shutdown_s=GRACEFUL_SHUTDOWN_S,
+    ) as server:
+        ready(host=server.host, port=server.port)
+        try:
+            await server.wait(stop)
+        finally:
+            # Answer parked long polls and end event streams now, so that they do not
+            # hold the graceful shutdown for its whole timeout.
+            if deps.events is not None:
+                deps.events.close()

@@ -7,7 +7,8 @@ from opentelemetry import trace
 from taskflow_common.bus import Bus
 from taskflow_common.db import Database
 from taskflow_common.errors import UnavailableError
-from taskflow_common.metrics import ApiMetrics, new_registry
+from taskflow_common.metrics import new_registry
+from taskflow_ingest_api.metrics import ApiMetrics
 from taskflow_ingest_api.waiters import TaskEvents
 
 

@@ -34,10 +34,11 @@ from opentelemetry.trace import SpanKind
 
 from taskflow_common import tracing
 from taskflow_common.bus import TRANSIENT_ERRORS as NATS_ERRORS
+from taskflow_common.errors import BatchKeyReused
 from taskflow_common.http import Problem, parse_uuid, read_body
 from taskflow_common.logs import get_logger
 from taskflow_common.messages import CancelRequest
-from taskflow_common.store import deadletters
+from taskflow_common.store import deadletters, submissions
 from taskflow_common.store import tasks as store
 from taskflow_common.store.rows import execution_json, task_json
 from taskflow_ingest_api.awaiting import EventsResource, TaskResource
@@ -75,7 +76,7 @@ class TasksResource:
         Without a key the insert is group-committed with concurrent submits
         (:class:`~taskflow_ingest_api.submitter.GroupSubmitter`): still 201 only after
         this task's row committed. With a key it is a statement of its own
-        (:func:`~taskflow_common.store.tasks.submit`).
+        (:func:`~taskflow_common.store.submissions.submit`).
         """
         check_content_type(req.content_type)
         key = parse_idempotency_key(req.get_header("Idempotency-Key"))
@@ -98,7 +99,7 @@ class TasksResource:
                 span.set_attribute("db.operation.batch.size", group_size)
             else:
                 async with self._deps.database().acquire() as conn:
-                    row, created = await store.submit(conn, spec, trace_parent=parent)
+                    row, created = await submissions.submit(conn, spec, trace_parent=parent)
             task_id = str(row["id"])
             span.set_attribute("taskflow.task_id", task_id)
         resp.location = f"{API}/tasks/{task_id}"
@@ -166,8 +167,8 @@ class BatchResource:
         ):
             async with self._deps.database().acquire() as conn:
                 try:
-                    results = await store.submit_batch(conn, specs, trace_parent=parent)
-                except store.BatchKeyReused as exc:
+                    results = await submissions.submit_batch(conn, specs, trace_parent=parent)
+                except BatchKeyReused as exc:
                     raise Problem(
                         409, exc.code, str(exc), extensions={"index": exc.index}
                     ) from None

@@ -3,7 +3,7 @@
 A burst of single-task requests would otherwise cost one statement, one commit (a WAL
 flush) and one pool checkout each. :class:`GroupSubmitter` queues them instead: while
 one group's INSERT is in flight, requests that arrive wait in the queue; when it
-returns, everything queued (up to :data:`~taskflow_common.store.tasks.MAX_BATCH`
+returns, everything queued (up to :data:`~taskflow_common.store.submissions.MAX_BATCH`
 tasks and ``max_bytes`` of request bodies) goes into the next statement. This is
 natural batching: an idle API sends each request's insert at once (no timer, no added
 latency), a busy one writes as many rows per commit as arrived during the previous one.
@@ -17,7 +17,7 @@ within ``DB_ACQUIRE_TIMEOUT``, or the statement timed out) fails the whole group
 (each request answers 503 ``unavailable``) instead of being retried row by row.
 
 Requests with an ``Idempotency-Key`` do not come here: their conflict handling
-(:func:`~taskflow_common.store.tasks.submit`) needs a statement of their own.
+(:func:`~taskflow_common.store.submissions.submit`) needs a statement of their own.
 """
 
 from __future__ import annotations
@@ -34,14 +34,15 @@ from taskflow_common.db import TRANSIENT_ERRORS as PG_ERRORS
 from taskflow_common.db import Database
 from taskflow_common.errors import UnavailableError
 from taskflow_common.logs import get_logger
-from taskflow_common.store import tasks as store
+from taskflow_common.spec import TaskSpec
+from taskflow_common.store import submissions
 
 log = get_logger(__name__)
 
 
 @dataclass(slots=True)
 class _Item:
-    spec: store.TaskSpec
+    spec: TaskSpec
     trace_parent: str | None
     size: int
     done: asyncio.Future[tuple[asyncpg.Record, int]]
@@ -61,10 +62,10 @@ class GroupSubmitter:
         database: Callable[[], Database],
         *,
         max_bytes: int,
-        max_rows: int = store.MAX_BATCH,
+        max_rows: int = submissions.MAX_BATCH,
     ) -> None:
-        if not 1 <= max_rows <= store.MAX_BATCH:
-            raise ValueError(f"max_rows must be 1..{store.MAX_BATCH}")
+        if not 1 <= max_rows <= submissions.MAX_BATCH:
+            raise ValueError(f"max_rows must be 1..{submissions.MAX_BATCH}")
         self._database = database
         self._max_bytes = max_bytes
         self._max_rows = max_rows
@@ -74,7 +75,7 @@ class GroupSubmitter:
         """Statements sent so far (for tests and diagnostics)."""
 
     async def submit(
-        self, spec: store.TaskSpec, trace_parent: str | None, size: int = 0
+        self, spec: TaskSpec, trace_parent: str | None, size: int = 0
     ) -> tuple[asyncpg.Record, int]:
         """Insert ``spec``'s task; return ``(row, group_size)`` once its row committed.
 
@@ -84,7 +85,7 @@ class GroupSubmitter:
         a row the database refused.
         """
         if spec.idempotency_key is not None:
-            raise ValueError("keyed submits take the single path (store.submit)")
+            raise ValueError("keyed submits take the single path (submissions.submit)")
         loop = asyncio.get_running_loop()
         done: asyncio.Future[tuple[asyncpg.Record, int]] = loop.create_future()
         self._queue.append(_Item(spec, trace_parent, size, done))
@@ -134,7 +135,7 @@ class GroupSubmitter:
         try:
             async with self._database().acquire() as conn:
                 try:
-                    rows = await store.submit_group(
+                    rows = await submissions.submit_group(
                         conn, [i.spec for i in group], [i.trace_parent for i in group]
                     )
                 except asyncpg.PostgresError as exc:
@@ -169,7 +170,7 @@ class GroupSubmitter:
         """
         for item in group:
             try:
-                (row,) = await store.submit_group(conn, [item.spec], [item.trace_parent])
+                (row,) = await submissions.submit_group(conn, [item.spec], [item.trace_parent])
             except asyncpg.PostgresError as exc:
                 if isinstance(exc, PG_ERRORS):
                     raise

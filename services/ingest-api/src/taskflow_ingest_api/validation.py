@@ -18,39 +18,42 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, JsonValue, ValidationError
 from pydantic_core import ErrorDetails
 
+from taskflow_common.errors import InvalidCursor
 from taskflow_common.http import FieldError, Problem, validation_error
-from taskflow_common.store.rows import TASK_STATUSES
-from taskflow_common.store.tasks import (
-    MAX_BATCH,
-    MAX_LIST_LIMIT,
+from taskflow_common.spec import (
+    ATTEMPTS_RULE,
+    BOTH_RULE,
+    DELAY_RULE,
+    IDEMPOTENCY_KEY_PATTERN,
+    IDEMPOTENCY_KEY_RULE,
+    MAX_ATTEMPTS,
+    MAX_DELAY_MS,
+    MAX_TAGS,
+    MAX_TIMEOUT_S,
+    MIN_ATTEMPTS,
+    PRIORITY_RULE,
+    TAG_KEY_CHARS,
+    TAG_KEY_PATTERN,
+    TAG_VALUE_CHARS,
+    TAG_VALUE_PATTERN,
+    TIMEOUT_RULE,
     TYPE_PATTERN,
-    InvalidCursor,
+    TYPE_RULE,
     TaskSpec,
-    decode_cursor,
     json_problems,
+    tags_rule,
 )
+from taskflow_common.store import cursor as cursor_codec
+from taskflow_common.store.rows import TASK_STATUSES
+from taskflow_common.store.submissions import MAX_BATCH
+from taskflow_common.store.tasks import MAX_LIST_LIMIT
 from taskflow_common.subjects import PRIORITIES
 
-TYPE_RULE = "must be 1..128 characters of A-Z a-z 0-9 _ . : -"
-PRIORITY_RULE = "must be one of: " + ", ".join(PRIORITIES)
 STATUS_RULE = "must be one of: " + ", ".join(TASK_STATUSES)
-IDEMPOTENCY_KEY_RULE = "must be 1..255 printable ASCII characters"
-MAX_DELAY_MS = 31_536_000_000
-"""Longest ``delay_ms``: 365 days in milliseconds."""
-MAX_TIMEOUT_S = 86_400.0
-"""Largest per-task ``timeout_s``: one day."""
-MAX_TAGS = 32
-TAG_KEY_CHARS = 128
-TAG_VALUE_CHARS = 512
 MAX_WAIT_MS = 60_000
 """Longest ``?wait=`` on ``GET /api/v1/tasks/{id}``: 60 s."""
 RUN_AT_RULE = "must be an RFC 3339 date-time with an offset, e.g. 2026-11-29T15:03:28Z"
-DELAY_RULE = f"must be an integer from 0 to {MAX_DELAY_MS} (milliseconds)"
-TIMEOUT_RULE = f"must be a number above 0 and at most {MAX_TIMEOUT_S:g} (seconds)"
-TAGS_RULE = (
-    f"must be an object of at most {MAX_TAGS} string values: keys 1..{TAG_KEY_CHARS} "
-    f"characters without ':', values at most {TAG_VALUE_CHARS} characters, no \\u0000"
-)
+TAGS_RULE = tags_rule("an object")
 TAG_QUERY_RULE = (
     f"must be key:value (key 1..{TAG_KEY_CHARS} characters, value at most "
     f"{TAG_VALUE_CHARS}, no \\u0000)"
@@ -60,15 +63,12 @@ DEFAULT_LIST_LIMIT = 50
 LIST_PARAMS = ("status", "type", "priority", "tag", "limit", "cursor")
 GET_PARAMS = ("wait",)
 
-_PRINTABLE_ASCII = re.compile(r"^[\x20-\x7e]{1,255}$")
 RFC3339_PATTERN = r"^\d{4}-\d{2}-\d{2}[Tt]\d{2}:\d{2}:\d{2}(\.\d{1,9})?([Zz]|[+-]\d{2}:\d{2})$"
 _RFC3339 = re.compile(RFC3339_PATTERN)
-_TAG_KEY = rf"^[^:\x00]{{1,{TAG_KEY_CHARS}}}$"
-_TAG_VALUE = rf"^[^\x00]{{0,{TAG_VALUE_CHARS}}}$"
 _WAIT = re.compile(r"^(\d{1,6})(ms|s)$")
 
-TagKey = Annotated[str, Field(pattern=_TAG_KEY)]
-TagValue = Annotated[str, Field(pattern=_TAG_VALUE)]
+TagKey = Annotated[str, Field(pattern=TAG_KEY_PATTERN)]
+TagValue = Annotated[str, Field(pattern=TAG_VALUE_PATTERN)]
 
 
 class SubmitBody(BaseModel):
@@ -86,7 +86,7 @@ class SubmitBody(BaseModel):
     type: str = Field(pattern=TYPE_PATTERN.pattern)
     payload: JsonValue = Field(default_factory=dict)
     priority: Literal["high", "normal", "low"] = "normal"
-    max_attempts: int | None = Field(None, ge=1, le=100)
+    max_attempts: int | None = Field(None, ge=MIN_ATTEMPTS, le=MAX_ATTEMPTS)
     run_at: str | None = Field(None, pattern=_RFC3339.pattern)
     delay_ms: int | None = Field(None, ge=0, le=MAX_DELAY_MS)
     timeout_s: float | None = Field(None, gt=0, le=MAX_TIMEOUT_S, allow_inf_nan=False)
@@ -96,7 +96,7 @@ class SubmitBody(BaseModel):
 class BatchItem(SubmitBody):
     """One spec of a batch: a submit body plus its own optional ``idempotency_key``."""
 
-    idempotency_key: str | None = Field(None, pattern=_PRINTABLE_ASCII.pattern)
+    idempotency_key: str | None = Field(None, pattern=IDEMPOTENCY_KEY_PATTERN.pattern)
 
 
 class BatchBody(BaseModel):
@@ -112,7 +112,7 @@ _ITEM_FIELDS = ", ".join(BatchItem.model_fields)
 _RULES = {
     "type": TYPE_RULE,
     "priority": PRIORITY_RULE,
-    "max_attempts": "must be an integer from 1 to 100",
+    "max_attempts": ATTEMPTS_RULE,
     "run_at": RUN_AT_RULE,
     "delay_ms": DELAY_RULE,
     "timeout_s": TIMEOUT_RULE,
@@ -223,7 +223,7 @@ def _spec_problems(body: SubmitBody, prefix: str, max_depth: int) -> list[FieldE
         except (ValueError, OverflowError):
             problems.append(FieldError(f"{prefix}run_at", RUN_AT_RULE))
         if body.delay_ms is not None:
-            problems.append(FieldError(f"{prefix}delay_ms", "give run_at or delay_ms, not both"))
+            problems.append(FieldError(f"{prefix}delay_ms", BOTH_RULE))
     return problems
 
 
@@ -313,7 +313,7 @@ def parse_idempotency_key(value: str | None) -> str | None:
     """Check an ``Idempotency-Key`` header (absent → None); raise 422 if malformed."""
     if value is None:
         return None
-    if not _PRINTABLE_ASCII.match(value):
+    if not IDEMPOTENCY_KEY_PATTERN.match(value):
         raise validation_error([FieldError("Idempotency-Key", IDEMPOTENCY_KEY_RULE)])
     return value
 
@@ -389,10 +389,10 @@ def parse_list_query(params: Mapping[str, Any]) -> ListQuery:
             errors.append(FieldError("limit", f"must be an integer from 1 to {MAX_LIST_LIMIT}"))
     if errors:
         raise validation_error(errors)
-    cursor = values.get("cursor")
-    if cursor is not None:
+    cursor_text = values.get("cursor")
+    if cursor_text is not None:
         try:
-            decode_cursor(cursor)
+            cursor_codec.decode(cursor_text)
         except InvalidCursor as exc:
             raise Problem(400, "invalid_cursor", str(exc)) from None
-    return ListQuery(status, task_type, priority, limit, cursor, tags or None, conflicting)
+    return ListQuery(status, task_type, priority, limit, cursor_text, tags or None, conflicting)

@@ -7,46 +7,31 @@ replays its task (``replayed``) or discards it (``discarded``); ``resolved_at`` 
 
 Every function takes an asyncpg connection (or anything with the same ``fetch*``
 methods, such as a pool) and runs a single statement, so it is atomic on its own and
-may also be called inside the caller's transaction. Driver errors are left to the
+may also be called inside the caller's transaction. Counts over windows are
+:mod:`taskflow_common.store.deadletter_stats`; the rows' JSON is
+:func:`taskflow_common.store.rows.dead_letter_json`. Driver errors are left to the
 caller's :class:`~taskflow_common.db.Database`, which turns outages into
 :class:`~taskflow_common.errors.UnavailableError`.
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
 import datetime as dt
 import uuid
-from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 import asyncpg
-import orjson
 
 from taskflow_common.errors import InvalidStateError, NotFoundError
 from taskflow_common.messages import DeadLetter
-from taskflow_common.store.rows import TASK_COLUMNS, rfc3339
-from taskflow_common.store.tasks import InvalidCursor
+from taskflow_common.store import cursor as cursor_codec
+from taskflow_common.store.rows import TASK_COLUMNS, DeadLetterStatus
 
-DeadLetterStatus = Literal["open", "replayed", "discarded"]
-DEAD_LETTER_STATUSES: tuple[DeadLetterStatus, ...] = ("open", "replayed", "discarded")
 REPLAYABLE_STATUSES = ("failed", "cancelled")
 """Task statuses a replay starts from; any other status is a 409 ``invalid_state``."""
 
 MAX_LIMIT = 200
-STATS_WINDOWS: tuple[tuple[str, dt.timedelta | None], ...] = (
-    ("1h", dt.timedelta(hours=1)),
-    ("24h", dt.timedelta(hours=24)),
-    ("7d", dt.timedelta(days=7)),
-    ("all", None),
-)
-"""Stats windows: label and length (None = since the first dead letter)."""
-STATS_ERROR_CHARS = 200
-"""An error is grouped in stats by its first line, cut to this many characters."""
-STATS_TOP = 50
-"""At most this many types and errors are listed in stats (the most frequent overall)."""
 
 _COLUMNS = (
     "id, dedupe_key, task_id, type, priority, attempts, error, reason, subject, raw, "
@@ -143,25 +128,6 @@ async def record(conn: asyncpg.Connection, dedupe_key: str, dl: DeadLetter) -> b
 # -- reading --------------------------------------------------------------------------
 
 
-def encode_cursor(failed_at: dt.datetime, dead_letter_id: uuid.UUID) -> str:
-    """Opaque keyset cursor for the row after which the next page starts."""
-    raw = orjson.dumps([failed_at.isoformat(), str(dead_letter_id)])
-    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
-
-
-def decode_cursor(cursor: str) -> tuple[dt.datetime, uuid.UUID]:
-    """Inverse of :func:`encode_cursor`; raise :class:`InvalidCursor` for anything else."""
-    try:
-        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
-        when, ident = orjson.loads(raw)
-        at = dt.datetime.fromisoformat(when)
-        if at.tzinfo is None:
-            raise ValueError("naive timestamp")
-        return at, uuid.UUID(ident)
-    except (ValueError, TypeError, binascii.Error, orjson.JSONDecodeError) as exc:
-        raise InvalidCursor("cursor is not one this API returned") from exc
-
-
 def _like(text: str) -> str:
     escaped = text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
     return f"%{escaped}%"
@@ -180,9 +146,10 @@ async def list_dead_letters(
 
     Filters: ``type`` exact; ``error_contains`` a case-insensitive substring of the error
     or the reason (``%`` and ``_`` match literally); ``status`` one of
-    :data:`DEAD_LETTER_STATUSES`. ``limit`` is clamped to 1..200. ``cursor`` is a
-    previous page's ``next_cursor``; pages stay stable while new dead letters arrive.
-    Raises :class:`InvalidCursor` for a cursor this module did not produce.
+    :data:`~taskflow_common.store.rows.DEAD_LETTER_STATUSES`. ``limit`` is clamped to
+    1..200. ``cursor`` is a previous page's ``next_cursor``; pages stay stable while new
+    dead letters arrive. Raises :class:`~taskflow_common.errors.InvalidCursor` for a
+    cursor this module did not produce.
     """
     limit = max(1, min(limit, MAX_LIMIT))
     where: list[str] = []
@@ -197,7 +164,7 @@ async def list_dead_letters(
         args.append(status)
         where.append(f"status = ${len(args)}")
     if cursor is not None:
-        at, ident = decode_cursor(cursor)
+        at, ident = cursor_codec.decode(cursor)
         args.extend([at, ident])
         where.append(f"(failed_at, id) < (${len(args) - 1}, ${len(args)})")
     args.append(limit + 1)
@@ -208,7 +175,7 @@ async def list_dead_letters(
     if len(rows) <= limit:
         return Page(rows, None)
     last = rows[limit - 1]
-    return Page(rows[:limit], encode_cursor(last["failed_at"], last["id"]))
+    return Page(rows[:limit], cursor_codec.encode(last["failed_at"], last["id"]))
 
 
 async def get(conn: asyncpg.Connection, task_id: uuid.UUID) -> Detail:
@@ -232,74 +199,6 @@ async def get(conn: asyncpg.Connection, task_id: uuid.UUID) -> Detail:
         real_task,
     )
     return Detail(letters, task, list(executions))
-
-
-async def stats(conn: asyncpg.Connection) -> dict[str, Any]:
-    """Count dead letters by type and by error over the windows 1h, 24h, 7d and all.
-
-    Windows are by ``failed_at`` against the database clock. An error is grouped by
-    the first line of ``error`` (or ``reason`` when there is no error), cut to
-    :data:`STATS_ERROR_CHARS` characters. Returns::
-
-        {"windows": ["1h", "24h", "7d", "all"],
-         "total": {"1h": n, "24h": n, "7d": n, "all": n},
-         "by_status": {"open": n, "replayed": n, "discarded": n},
-         "by_type": [{"type": str | None, "counts": {"1h": n, ...}}, ...],
-         "by_error": [{"error": str, "counts": {"1h": n, ...}}, ...]}
-
-    Lists hold the :data:`STATS_TOP` most frequent entries overall, most frequent first.
-    """
-    counts = ", ".join(
-        f"count(*) FILTER (WHERE failed_at > now() - interval '{int(span.total_seconds())} "
-        f"seconds') AS w{i}"
-        if span is not None
-        else f"count(*) AS w{i}"
-        for i, (_, span) in enumerate(STATS_WINDOWS)
-    )
-    rows = await conn.fetch(
-        f"""
-        WITH d AS (
-            SELECT type, status, failed_at,
-                   left(split_part(coalesce(error, reason), E'\\n', 1), {STATS_ERROR_CHARS})
-                       AS first_line
-            FROM dead_letters
-        )
-        SELECT GROUPING(type) AS g_type, GROUPING(first_line) AS g_error,
-               GROUPING(status) AS g_status, type, first_line, status, {counts}
-        FROM d
-        GROUP BY GROUPING SETS ((type), (first_line), (status), ())
-        """  # noqa: S608 - constant column lists; window lengths are constants
-    )
-    labels = [label for label, _ in STATS_WINDOWS]
-
-    def window_counts(row: Mapping[str, Any]) -> dict[str, int]:
-        return {label: int(row[f"w{i}"]) for i, label in enumerate(labels)}
-
-    total = dict.fromkeys(labels, 0)
-    by_status = dict.fromkeys(DEAD_LETTER_STATUSES, 0)
-    by_type: list[dict[str, Any]] = []
-    by_error: list[dict[str, Any]] = []
-    for row in rows:
-        if not row["g_type"]:
-            by_type.append({"type": row["type"], "counts": window_counts(row)})
-        elif not row["g_error"]:
-            by_error.append({"error": row["first_line"], "counts": window_counts(row)})
-        elif not row["g_status"]:
-            by_status[row["status"]] = int(row[f"w{len(labels) - 1}"])
-        else:
-            total = window_counts(row)
-
-    def top(items: list[dict[str, Any]], key: str) -> list[dict[str, Any]]:
-        items.sort(key=lambda item: (-item["counts"]["all"], str(item[key])))
-        return items[:STATS_TOP]
-
-    return {
-        "windows": labels,
-        "total": total,
-        "by_status": by_status,
-        "by_type": top(by_type, "type"),
-        "by_error": top(by_error, "error"),
-    }
 
 
 # -- acting ---------------------------------------------------------------------------
@@ -481,40 +380,3 @@ async def open_by_type(conn: asyncpg.Connection) -> dict[str | None, int]:
         "SELECT type, count(*) AS n FROM dead_letters WHERE status = 'open' GROUP BY type"
     )
     return {r["type"]: int(r["n"]) for r in rows}
-
-
-# -- JSON -----------------------------------------------------------------------------
-
-
-def dead_letter_json(row: Mapping[str, Any], *, with_raw: bool = False) -> dict[str, Any]:
-    """Public JSON object of a dead_letters row.
-
-    Keys: id, task_id, type, priority, attempts, error, reason, subject, trace_id,
-    status, failed_at, recorded_at, resolved_at (RFC 3339 UTC), raw_bytes (size of the
-    kept raw message or null) and, with ``with_raw``, raw (base64 or null).
-    """
-    raw: bytes | None = row["raw"]
-    out: dict[str, Any] = {
-        "id": str(row["id"]),
-        "task_id": str(row["task_id"]) if row["task_id"] is not None else None,
-        "type": row["type"],
-        "priority": row["priority"],
-        "attempts": row["attempts"],
-        "error": row["error"],
-        "reason": row["reason"],
-        "subject": row["subject"],
-        "trace_id": row["trace_id"],
-        "status": row["status"],
-        "failed_at": rfc3339(row["failed_at"]),
-        "recorded_at": rfc3339(row["recorded_at"]),
-        "resolved_at": rfc3339(row["resolved_at"]),
-        "raw_bytes": len(raw) if raw is not None else None,
-    }
-    if with_raw:
-        out["raw"] = base64.b64encode(raw).decode() if raw is not None else None
-    return out
-
-
-def dead_letters_json(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
-    """:func:`dead_letter_json` for each row (without raw bytes)."""
-    return [dead_letter_json(r) for r in rows]

@@ -6,12 +6,15 @@ microseconds and a ``Z`` suffix (``2026-11-29T15:03:28.123456Z``).
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Mapping, Sequence
+from typing import Any, Literal
 
 TASK_STATUSES = ("queued", "processing", "retrying", "completed", "failed", "cancelled")
 TERMINAL_STATUSES = frozenset({"completed", "failed", "cancelled"})
+DeadLetterStatus = Literal["open", "replayed", "discarded"]
+DEAD_LETTER_STATUSES: tuple[DeadLetterStatus, ...] = ("open", "replayed", "discarded")
 EXECUTION_STATUSES = ("started", "succeeded", "failed", "abandoned", "interrupted", "cancelled")
 
 # Columns returned to API clients, in the documented order.
@@ -83,3 +86,37 @@ def execution_json(row: Mapping[str, Any]) -> dict[str, Any]:
             value = rfc3339(value)
         out[key] = value
     return out
+
+
+def dead_letter_json(row: Mapping[str, Any], *, with_raw: bool = False) -> dict[str, Any]:
+    """Public JSON object of a dead_letters row.
+
+    Keys: id, task_id, type, priority, attempts, error, reason, subject, trace_id,
+    status, failed_at, recorded_at, resolved_at (RFC 3339 UTC), raw_bytes (size of the
+    kept raw message or null) and, with ``with_raw``, raw (base64 or null).
+    """
+    raw: bytes | None = row["raw"]
+    out: dict[str, Any] = {
+        "id": str(row["id"]),
+        "task_id": str(row["task_id"]) if row["task_id"] is not None else None,
+        "type": row["type"],
+        "priority": row["priority"],
+        "attempts": row["attempts"],
+        "error": row["error"],
+        "reason": row["reason"],
+        "subject": row["subject"],
+        "trace_id": row["trace_id"],
+        "status": row["status"],
+        "failed_at": rfc3339(row["failed_at"]),
+        "recorded_at": rfc3339(row["recorded_at"]),
+        "resolved_at": rfc3339(row["resolved_at"]),
+        "raw_bytes": len(raw) if raw is not None else None,
+    }
+    if with_raw:
+        out["raw"] = base64.b64encode(raw).decode() if raw is not None else None
+    return out
+
+
+def dead_letters_json(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """:func:`dead_letter_json` for each row (without raw bytes)."""
+    return [dead_letter_json(r) for r in rows]
