@@ -15,7 +15,7 @@ import httpx
 import pytest
 
 from taskflow_common import metrics
-from taskflow_common.devstack.servers import free_port
+from taskflow_devstack.servers import free_port
 from tests.support.procs import ServiceFactory
 from tests.support.scrape import Scrape, families_of, scrape, total
 from tests.support.stack import Stack

@@ -17,14 +17,8 @@ from pathlib import Path
 
 import psutil
 
-from taskflow_common.errors import TaskFlowError
-
 HOST = "127.0.0.1"
 POLL_S = 0.02  # readiness polling interval, seconds
-
-
-class DevStackError(TaskFlowError, RuntimeError):
-    """An embedded server could not be set up, started or stopped; the message says why."""
 
 
 # Listening ports are drawn below Linux's default ephemeral range (32768-60999): a port

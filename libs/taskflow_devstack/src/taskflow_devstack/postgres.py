@@ -27,10 +27,10 @@ from typing import Self
 
 import psutil
 
-from taskflow_common.devstack.processes import (
+from taskflow_devstack.errors import DevStackError
+from taskflow_devstack.processes import (
     HOST,
     POLL_S,
-    DevStackError,
     free_port,
     pid_alive,
     proc_or_none,
