@@ -93,7 +93,7 @@ lint: install ## ruff, mypy --strict, import contracts, hadolint, compose schema
 lint-checks: ## The lint commands alone, with the tools in $(BIN) (no install step)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/mypy $(LIBS:%=%/src) $(wildcard services/*/src)
+	$(BIN)/mypy $(wildcard libs/*/src services/*/src)
 	$(BIN)/lint-imports --no-cache
 	$(if $(DOCKERFILES),$(BIN)/hadolint $(DOCKERFILES),@echo "no services/*/Dockerfile yet; hadolint skipped")
 	$(BIN)/check-jsonschema --builtin-schema vendor.compose-spec deploy/docker-compose.yml
