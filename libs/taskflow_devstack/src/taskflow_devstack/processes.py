@@ -102,17 +102,34 @@ def pid_alive(pid: int, marker: str | None = None) -> bool:
 
 
 def stop_pid(pid: int, timeout: float = 10.0) -> None:
-    """SIGTERM ``pid``, wait up to ``timeout`` s, then SIGKILL it. A gone PID is fine."""
+    """SIGTERM ``pid``, wait up to ``timeout`` s, then SIGKILL it. A gone PID is fine.
+
+    A zombie counts as gone: when ``pid`` is another process's child (``make stop``
+    while ``make servers`` still runs), only that parent can reap it.
+    """
     try:
         proc = psutil.Process(pid)
         proc.terminate()
-        try:
-            proc.wait(timeout)
-        except psutil.TimeoutExpired:
+        if not _ended(proc, timeout):
             proc.kill()
-            proc.wait(5)
+            _ended(proc, 5.0)
     except psutil.NoSuchProcess:
         pass
+
+
+def _ended(proc: psutil.Process, timeout: float) -> bool:
+    """Poll until ``proc`` has exited or is a zombie; False after ``timeout`` s."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            if proc.status() == psutil.STATUS_ZOMBIE:
+                proc.wait(0)  # reaps it when it is our own child; a no-op otherwise
+                return True
+        except (psutil.NoSuchProcess, psutil.TimeoutExpired, ChildProcessError):
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(POLL_S)
 
 
 def signal_all(pids: list[int], sig: signal.Signals) -> None:
