@@ -17,11 +17,7 @@ from __future__ import annotations
 
 import enum
 import json
-import os
-import shutil
-import subprocess
 import sys
-import sysconfig
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Annotated, Any, NoReturn
@@ -29,7 +25,7 @@ from typing import Annotated, Any, NoReturn
 import typer
 from rich.console import Console
 
-from taskflow_client import render
+from taskflow_client import render, tools
 from taskflow_client.endpoints import DEFAULT_API_URL, DEFAULT_DLQ_URL
 from taskflow_client.errors import NotFound, TaskFlowAPIError, Unavailable, ValidationFailed
 from taskflow_client.models import Task
@@ -373,25 +369,10 @@ def js_info(ctx: typer.Context) -> None:
     missing, 4 NATS unreachable), which become this command's. Exit 2 when js-info is
     not installed. The client never imports the service: it only runs its command.
     """
-    exe = _js_info_command()
+    exe = tools.find_command("js-info")
     if exe is None:
         _fail("js-info is not installed (pip install taskflow-js-info)", EXIT_USAGE)
-    argv = [exe, *ctx.args]
-    if os.name == "posix":
-        sys.stdout.flush()
-        sys.stderr.flush()
-        # Replace this process: stdin/stdout, signals and the exit code are js-info's own.
-        os.execv(exe, argv)  # noqa: S606 (no shell: the script's path and the user's args)
-    raise typer.Exit(subprocess.run(argv, check=False).returncode)
-
-
-def _js_info_command() -> str | None:
-    """Return the path of the ``js-info`` console script, or None when it is not installed.
-
-    Looks beside this interpreter's own scripts first (a venv not on PATH), then on PATH.
-    """
-    path = os.pathsep.join(p for p in (sysconfig.get_path("scripts"), os.environ.get("PATH")) if p)
-    return shutil.which("js-info", path=path)
+    raise typer.Exit(tools.hand_over(exe, ctx.args))
 
 
 def main() -> None:

@@ -168,6 +168,14 @@ def stop_processes(pids: list[int], timeout: float = 5.0) -> None:
             time.sleep(0.005)
 
 
+def descendants(pid: int) -> list[int]:
+    """Return the PIDs of every child of ``pid``, recursively ([] when ``pid`` is gone)."""
+    try:
+        return [c.pid for c in psutil.Process(pid).children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return []
+
+
 def proc_or_none(pid: int) -> psutil.Process | None:
     try:
         return psutil.Process(pid)
