@@ -24,7 +24,7 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from taskflow_common.devstack.servers import NatsServer, free_port
+from taskflow_devstack.servers import NatsServer, free_port
 from tests.support.pg import (
     PgHandle,
     create_database,

@@ -47,8 +47,8 @@ from typing import Any
 
 import httpx
 
-from taskflow_common.devstack.servers import NatsServer, PostgresServer, free_port, pg_work_dir
-from taskflow_common.devstack.stack import ensure_database, migrate_database
+from taskflow_devstack.database import ensure_database, migrate_database
+from taskflow_devstack.servers import NatsServer, PostgresServer, free_port, pg_work_dir
 from tests.support.invariants import VersionWatcher, check_invariants
 from tests.support.procs import ServiceFactory, ServiceProcess
 from tests.support.stack import Stack

@@ -8,7 +8,7 @@ from typing import Any
 import httpx
 import pytest
 
-from taskflow_common.devstack.servers import free_port
+from taskflow_devstack.servers import free_port
 from tests.support.procs import ServiceFactory
 from tests.support.waiting import wait_for
 

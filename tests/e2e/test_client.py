@@ -28,7 +28,7 @@ from taskflow_client import (
     Unavailable,
     ValidationFailed,
 )
-from taskflow_common.devstack.servers import free_port
+from taskflow_devstack.servers import free_port
 from tests.support.procs import ServiceFactory
 from tests.support.stack import Stack
 from tests.support.waiting import wait_for

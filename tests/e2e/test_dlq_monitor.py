@@ -19,9 +19,9 @@ import pytest
 
 from taskflow_common import bus as bus_mod
 from taskflow_common.config import CommonSettings, load
-from taskflow_common.devstack.servers import NatsServer
 from taskflow_common.messages import DeadLetter
 from taskflow_common.subjects import HEADER_MSG_ID, Names
+from taskflow_devstack.servers import NatsServer
 from tests.support.pg import PgHandle
 from tests.support.procs import ServiceFactory, ServiceProcess
 from tests.support.waiting import wait_for

@@ -15,7 +15,7 @@ import httpx
 import pytest
 
 from taskflow_common import metrics
-from taskflow_common.devstack.servers import free_port
+from taskflow_devstack.servers import free_port
 from taskflow_dispatcher.metrics import DispatcherMetrics
 from taskflow_dlq_monitor.metrics import DlqMetrics
 from taskflow_ingest_api.metrics import ApiMetrics

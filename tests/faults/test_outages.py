@@ -19,7 +19,7 @@ from typing import Any
 import asyncpg
 import pytest
 
-from taskflow_common.devstack.servers import NatsServer
+from taskflow_devstack.servers import NatsServer
 from tests.faults.conftest import ACK_WAIT_S, MakeStack
 from tests.support.faults import consumer_info, db_now, executions, statuses
 from tests.support.invariants import VersionWatcher, check_invariants

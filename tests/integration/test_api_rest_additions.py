@@ -25,11 +25,11 @@ import pytest
 import schemathesis
 
 from taskflow_common.config import load
-from taskflow_common.devstack.servers import NatsServer
 from taskflow_common.messages import CancelRequest
 from taskflow_common.store import attempts
 from taskflow_common.store import claims as claim_store
 from taskflow_common.subjects import Names
+from taskflow_devstack.servers import NatsServer
 from taskflow_ingest_api.app import create_app
 from taskflow_ingest_api.openapi import PROBLEM_CODES, document
 from taskflow_ingest_api.settings import ApiSettings

@@ -28,8 +28,8 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from taskflow_common.config import load
-from taskflow_common.devstack.servers import NatsServer, free_port
 from taskflow_common.http import ASGIApp
+from taskflow_devstack.servers import NatsServer, free_port
 from taskflow_ingest_api.app import create_app
 from taskflow_ingest_api.resources import Deps
 from taskflow_ingest_api.settings import ApiSettings

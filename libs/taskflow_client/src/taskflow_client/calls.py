@@ -1,7 +1,7 @@
 """The REST calls as data: what to send and how to read the answer (no I/O here).
 
-Each function returns a :class:`Call`; :class:`~taskflow_client.client.AsyncClient` and
-:class:`~taskflow_client.client.Client` send it with httpx's async or sync client and
+Each function returns a :class:`Call`; :class:`~taskflow_client.async_client.AsyncClient` and
+:class:`~taskflow_client.sync_client.Client` send it with httpx's async or sync client and
 hand the response to :func:`finish`. Keeping requests and parsing here means the two
 clients differ only in ``await``.
 """

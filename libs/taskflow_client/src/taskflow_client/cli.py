@@ -2,7 +2,7 @@
 
 Talks to the ingest API (``--api-url``, env ``TASKFLOW_API_URL``, default
 ``http://127.0.0.1:8080``) and the dlq-monitor (``--dlq-url``, env ``TASKFLOW_DLQ_URL``,
-default ``http://127.0.0.1:8081``) through :class:`taskflow_client.client.Client`.
+default ``http://127.0.0.1:8081``) through :class:`taskflow_client.sync_client.Client`.
 Tables by default; ``--json`` prints the API's own JSON (an object, or an array for
 lists) for scripts. ``--wait`` shows a spinner on stderr when stderr is a terminal.
 
@@ -25,10 +25,11 @@ from typing import Annotated, Any, NoReturn
 import typer
 from rich.console import Console
 
-from taskflow_client import render
-from taskflow_client.client import DEFAULT_API_URL, DEFAULT_DLQ_URL, Client
+from taskflow_client import render, tools
+from taskflow_client.endpoints import DEFAULT_API_URL, DEFAULT_DLQ_URL
 from taskflow_client.errors import NotFound, TaskFlowAPIError, Unavailable, ValidationFailed
 from taskflow_client.models import Task
+from taskflow_client.sync_client import Client
 
 EXIT_OK = 0
 EXIT_TASK_FAILED = 1
@@ -363,15 +364,15 @@ def dlq_replay(
 def js_info(ctx: typer.Context) -> None:
     """Show TaskFlow's JetStream streams and consumers (the js-info tool; try --help).
 
-    Every argument goes to js-info, which reads NATS_URL and the NATS_* names from the
-    environment and has its own exit codes (3 a stream is missing, 4 NATS unreachable).
+    Runs the installed ``js-info`` command with every argument: it reads NATS_URL and
+    the NATS_* names from the environment and has its own exit codes (3 a stream is
+    missing, 4 NATS unreachable), which become this command's. Exit 2 when js-info is
+    not installed. The client never imports the service: it only runs its command.
     """
-    try:
-        from taskflow_js_info.cli import app as js_info_app  # optional and slow to import
-    except ImportError:
+    exe = tools.find_command("js-info")
+    if exe is None:
         _fail("js-info is not installed (pip install taskflow-js-info)", EXIT_USAGE)
-    # Standalone mode: js-info exits the process with its own exit code.
-    js_info_app(args=list(ctx.args), prog_name="taskflow js-info")
+    raise typer.Exit(tools.hand_over(exe, ctx.args))
 
 
 def main() -> None:

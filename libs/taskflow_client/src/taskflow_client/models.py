@@ -220,7 +220,7 @@ class DeadLetter:
 
 @dataclass(frozen=True, slots=True)
 class NewTask:
-    """One task to create, for :meth:`~taskflow_client.client.AsyncClient.submit_batch`.
+    """One task to create, for :meth:`~taskflow_client.async_client.AsyncClient.submit_batch`.
 
     ``payload`` is any JSON value; ``max_attempts`` None means the server's default
     (``WORKER_MAX_ATTEMPTS``); ``run_at`` (aware datetime) or ``delay_ms`` (ms) delays

@@ -1,4 +1,4 @@
-"""``python -m taskflow_common.devstack {run,servers,migrate,stop}``: the dev stack CLI.
+"""``python -m taskflow_devstack {run,servers,migrate,stop}``: the dev stack CLI.
 
 - ``run``: servers (embedded unless ``DATABASE_URL``/``NATS_URL`` are set), migrations,
   the four long-running services; waits for the API's health check, then serves until
@@ -17,13 +17,15 @@ import os
 import sys
 from pathlib import Path
 
-from taskflow_common.devstack import stack as devstack
+from taskflow_devstack import commands
+from taskflow_devstack.rundir import find_repo
+from taskflow_devstack.stack import Stack
 
 
 def main(argv: list[str] | None = None) -> int:
     """Parse ``argv`` and run one subcommand; return the process exit code."""
     parser = argparse.ArgumentParser(
-        prog="python -m taskflow_common.devstack",
+        prog="python -m taskflow_devstack",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -40,18 +42,18 @@ def main(argv: list[str] | None = None) -> int:
         help="with stop: also delete the embedded clusters (dev and test)",
     )
     args = parser.parse_args(argv)
-    repo = args.repo.resolve() if args.repo else devstack.find_repo()
-    stack = devstack.Stack(repo=repo, environ=dict(os.environ), run_dir=args.run_dir)
+    repo = args.repo.resolve() if args.repo else find_repo()
+    stack = Stack(repo=repo, environ=dict(os.environ), run_dir=args.run_dir)
     if args.command == "run":
-        return devstack.run(stack)
+        return commands.run(stack)
     if args.command == "servers":
-        return devstack.serve_servers(stack, sys.stdout)
+        return commands.serve_servers(stack, sys.stdout)
     if args.command == "migrate":
-        return devstack.migrate_only(stack)
+        return commands.migrate_only(stack)
     stopped = stack.stop_recorded()
     stack.say(f"stopped {stopped} process(es)" if stopped else "nothing recorded was running")
     if args.purge:
-        devstack.purge(stack)
+        commands.purge(stack)
     return 0
 
 

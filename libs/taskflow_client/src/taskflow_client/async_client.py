@@ -1,16 +1,12 @@
-"""Typed clients for the TaskFlow REST APIs: :class:`AsyncClient` and :class:`Client`.
+"""The asynchronous TaskFlow client, :class:`AsyncClient` (on ``httpx.AsyncClient``).
 
-Both talk to the ingest API (tasks) and the dlq-monitor (dead letters) and have the same
-methods; :class:`Client` is the blocking twin built on ``httpx.Client`` (no threads, no
-event loop). Use them as context managers so the connection pool is closed::
+It talks to the ingest API (tasks) and the dlq-monitor (dead letters); the blocking twin
+with the same methods is :class:`taskflow_client.sync_client.Client`. Use it as an async
+context manager so the connection pool is closed::
 
     async with AsyncClient("http://127.0.0.1:8080") as tf:
         task = await tf.submit("demo", {"x": 1})
         done = await tf.wait(task.id, timeout_s=30)
-
-    with Client() as tf:
-        for task in tf.list(status="failed", limit=100):
-            tf.retry(task.id)
 
 Errors are :class:`~taskflow_client.errors.TaskFlowAPIError` subclasses carrying the
 problem ``code`` (see :mod:`taskflow_client.errors`); a refused connection or timeout is
@@ -23,7 +19,7 @@ import asyncio
 import builtins
 import datetime as dt
 import time
-from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from types import TracebackType
 from typing import Any, Self, TypeVar
 
@@ -31,37 +27,19 @@ import httpx
 
 from taskflow_client import calls, errors
 from taskflow_client.calls import Call, Page, TaskId
+from taskflow_client.endpoints import (
+    DEFAULT_API_URL,
+    DEFAULT_DLQ_URL,
+    DEFAULT_TIMEOUT_S,
+    DEFAULT_WAIT_S,
+    Endpoints,
+)
 from taskflow_client.models import DeadLetter, Execution, NewTask, Priority, Task
 
 T = TypeVar("T")
 
-DEFAULT_API_URL = "http://127.0.0.1:8080"
-DEFAULT_DLQ_URL = "http://127.0.0.1:8081"
-DEFAULT_TIMEOUT_S = 10.0
-DEFAULT_WAIT_S = 60.0
 
-
-class _Base:
-    """URLs and timeouts shared by both clients."""
-
-    def __init__(self, api_url: str, dlq_url: str, timeout: float) -> None:
-        if timeout <= 0:
-            raise ValueError(f"timeout must be > 0 seconds, not {timeout}")
-        self.api_url = calls.base_url(api_url)
-        self.dlq_url = calls.base_url(dlq_url)
-        self.timeout = timeout
-
-    def _url(self, call: Call[Any]) -> str:
-        return (self.api_url if call.service == "api" else self.dlq_url) + call.path
-
-    def _timeout(self, call: Call[Any]) -> httpx.Timeout:
-        return httpx.Timeout(self.timeout, read=self.timeout + call.extra_timeout_s)
-
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}(api_url={self.api_url!r}, dlq_url={self.dlq_url!r})"
-
-
-class AsyncClient(_Base):
+class AsyncClient(Endpoints):
     """Asynchronous client (``httpx.AsyncClient``) for the ingest API and dlq-monitor.
 
     ``api_url``/``dlq_url``: base URLs, with or without the ``/api/v1`` suffix.
@@ -263,164 +241,3 @@ class AsyncClient(_Base):
         Raises NotFound, Conflict ``invalid_state`` unless the task is failed/cancelled.
         """
         return await self._send(calls.replay(task_id))
-
-
-class Client(_Base):
-    """Blocking client (``httpx.Client``) with the same methods as :class:`AsyncClient`.
-
-    ``list`` and ``dead_letters`` return plain iterators. Safe to use from one thread
-    at a time per instance.
-    """
-
-    def __init__(
-        self,
-        api_url: str = DEFAULT_API_URL,
-        dlq_url: str = DEFAULT_DLQ_URL,
-        *,
-        timeout: float = DEFAULT_TIMEOUT_S,
-    ) -> None:
-        super().__init__(api_url, dlq_url, timeout)
-        self._http = httpx.Client(timeout=timeout, headers={"Accept": "application/json"})
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
-
-    def close(self) -> None:
-        """Close the connection pool."""
-        self._http.close()
-
-    def _send(self, call: Call[T]) -> T:
-        url = self._url(call)
-        try:
-            resp = self._http.request(
-                call.method,
-                url,
-                params=list(call.params),
-                json=call.json,
-                headers=call.headers,
-                timeout=self._timeout(call),
-            )
-        except httpx.TransportError as exc:
-            raise errors.from_transport(exc, url) from exc
-        return calls.finish(call, resp)
-
-    def _pages(
-        self, make: Callable[[int, str | None], Call[Page[T]]], page_size: int, limit: int | None
-    ) -> Iterator[T]:
-        page_size, left = calls.page_sizes(limit, page_size)
-        cursor: str | None = None
-        while left is None or left > 0:
-            page = self._send(make(page_size if left is None else min(page_size, left), cursor))
-            yield from page.items
-            if left is not None:
-                left -= len(page.items)
-            if page.next_cursor is None or not page.items:
-                return
-            cursor = page.next_cursor
-
-    def submit(
-        self,
-        type: str,
-        payload: Any = None,
-        *,
-        priority: Priority = "normal",
-        max_attempts: int | None = None,
-        run_at: dt.datetime | None = None,
-        delay_ms: int | None = None,
-        timeout_s: float | None = None,
-        tags: Mapping[str, str] | None = None,
-        idempotency_key: str | None = None,
-    ) -> Task:
-        """Create a task and return it; see :meth:`AsyncClient.submit`."""
-        new = NewTask(
-            type,
-            payload,
-            priority,
-            max_attempts,
-            run_at,
-            delay_ms,
-            timeout_s,
-            tags,
-            idempotency_key,
-        )
-        return self._send(calls.submit(new))
-
-    def submit_batch(self, tasks: Iterable[NewTask]) -> builtins.list[Task]:
-        """Create many tasks in one request; see :meth:`AsyncClient.submit_batch`."""
-        return self._send(calls.submit_batch(tasks))
-
-    def get(self, task_id: TaskId) -> Task:
-        """Return the task now; see :meth:`AsyncClient.get`."""
-        return self._send(calls.get(task_id))
-
-    def wait(self, task_id: TaskId, timeout_s: float = DEFAULT_WAIT_S) -> Task:
-        """Return the task once terminal or after ``timeout_s``; see :meth:`AsyncClient.wait`."""
-        deadline = time.monotonic() + timeout_s
-        while True:
-            step = calls.wait_step(deadline - time.monotonic())
-            asked = time.monotonic()
-            task = self._send(calls.get(task_id, wait_s=step))
-            if task.terminal or step is None:
-                return task
-            if time.monotonic() - asked < step - calls.EARLY_S:
-                # See AsyncClient.wait: an API without long polling; bound the rate.
-                time.sleep(calls.poll_pause(deadline - time.monotonic()))
-
-    def list(
-        self,
-        *,
-        status: str | None = None,
-        type: str | None = None,
-        priority: str | None = None,
-        tags: Mapping[str, str] | None = None,
-        page_size: int = 50,
-        limit: int | None = None,
-    ) -> Iterator[Task]:
-        """Iterate over tasks newest first, page by page; see :meth:`AsyncClient.list`."""
-
-        def make(size: int, cursor: str | None) -> Call[Page[Task]]:
-            return calls.list_tasks(
-                status=status, type=type, priority=priority, tags=tags, limit=size, cursor=cursor
-            )
-
-        return self._pages(make, page_size, limit)
-
-    def executions(self, task_id: TaskId) -> builtins.list[Execution]:
-        """Return the task's attempts by attempt number; see :meth:`AsyncClient.executions`."""
-        return self._send(calls.executions(task_id))
-
-    def cancel(self, task_id: TaskId) -> Task:
-        """Cancel a task; see :meth:`AsyncClient.cancel`."""
-        return self._send(calls.cancel(task_id))
-
-    def retry(self, task_id: TaskId) -> Task:
-        """Queue a failed or cancelled task again; see :meth:`AsyncClient.retry`."""
-        return self._send(calls.retry(task_id))
-
-    def dead_letters(
-        self,
-        *,
-        status: str | None = None,
-        type: str | None = None,
-        q: str | None = None,
-        page_size: int = 50,
-        limit: int | None = None,
-    ) -> Iterator[DeadLetter]:
-        """Iterate over dead letters newest first; see :meth:`AsyncClient.dead_letters`."""
-
-        def make(size: int, cursor: str | None) -> Call[Page[DeadLetter]]:
-            return calls.dead_letters(status=status, type=type, q=q, limit=size, cursor=cursor)
-
-        return self._pages(make, page_size, limit)
-
-    def replay(self, task_id: TaskId) -> Task:
-        """Replay a dead-lettered task; see :meth:`AsyncClient.replay`."""
-        return self._send(calls.replay(task_id))

@@ -27,10 +27,11 @@ from typing import Self
 
 import psutil
 
-from taskflow_common.devstack.processes import (
+from taskflow_devstack.errors import DevStackError
+from taskflow_devstack.processes import (
     HOST,
     POLL_S,
-    DevStackError,
+    descendants,
     free_port,
     pid_alive,
     proc_or_none,
@@ -123,6 +124,16 @@ def pg_install_dir(major: int = 16) -> Path:
     if not _run_user_can("-x", target / "bin" / "postgres"):
         raise DevStackError(f"{PG_RUN_USER} cannot execute {target}/bin/postgres")
     return target
+
+
+def _prepare_data_dir(data_dir: Path) -> None:
+    """Create ``data_dir`` mode 700, owned by the run user (Postgres insists on both)."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    user = _run_user()
+    if user is not None:
+        entry = pwd.getpwnam(user)
+        os.chown(data_dir, entry.pw_uid, entry.pw_gid)
+    data_dir.chmod(0o700)
 
 
 def _clean_env() -> dict[str, str]:
@@ -237,14 +248,6 @@ class PostgresServer:
                 f"\n{tail_file(self.log_file)}"
             )
 
-    def _prepare_dir(self) -> None:
-        self.data_dir.mkdir(parents=True, exist_ok=True)
-        user = _run_user()
-        if user is not None:
-            entry = pwd.getpwnam(user)
-            os.chown(self.data_dir, entry.pw_uid, entry.pw_gid)
-        self.data_dir.chmod(0o700)
-
     def initdb(self) -> None:
         """Create the cluster if ``data_dir`` holds none; a half-made one is wiped first.
 
@@ -261,7 +264,7 @@ class PostgresServer:
             return
         if self.data_dir.exists():
             shutil.rmtree(self.data_dir)  # an interrupted initdb; nothing worth keeping
-        self._prepare_dir()
+        _prepare_data_dir(self.data_dir)
         argv = [self._bin("initdb"), "-D", str(self.data_dir), "-U", "postgres"]
         argv += ["--auth=trust", "-E", "UTF8", "--locale=C"]
         if not self.fsync:
@@ -342,7 +345,7 @@ class PostgresServer:
         try:
             self._run(argv, "pg_ctl stop", timeout=timeout + 5)
         except (DevStackError, subprocess.TimeoutExpired):
-            pids = [pid, *self._children(pid)]
+            pids = [pid, *descendants(pid)]
             signal_all(pids, signal.SIGKILL)
             psutil.wait_procs([p for p in map(proc_or_none, pids) if p], timeout=10)
 
@@ -355,19 +358,12 @@ class PostgresServer:
         self.stop(mode=mode)
         return self.start()
 
-    @staticmethod
-    def _children(pid: int) -> list[int]:
-        try:
-            return [c.pid for c in psutil.Process(pid).children(recursive=True)]
-        except psutil.NoSuchProcess:
-            return []
-
     def pause(self) -> None:
         """SIGSTOP the postmaster and every backend: connections hang, nothing answers."""
         pid = self.postmaster_pid()
         if pid is None:
             raise DevStackError(f"postgres in {self.data_dir} is not running")
-        self._paused = [pid, *self._children(pid)]
+        self._paused = [pid, *descendants(pid)]
         stop_processes(self._paused)
 
     def resume(self) -> None:

@@ -17,14 +17,8 @@ from pathlib import Path
 
 import psutil
 
-from taskflow_common.errors import TaskFlowError
-
 HOST = "127.0.0.1"
 POLL_S = 0.02  # readiness polling interval, seconds
-
-
-class DevStackError(TaskFlowError, RuntimeError):
-    """An embedded server could not be set up, started or stopped; the message says why."""
 
 
 # Listening ports are drawn below Linux's default ephemeral range (32768-60999): a port
@@ -108,17 +102,34 @@ def pid_alive(pid: int, marker: str | None = None) -> bool:
 
 
 def stop_pid(pid: int, timeout: float = 10.0) -> None:
-    """SIGTERM ``pid``, wait up to ``timeout`` s, then SIGKILL it. A gone PID is fine."""
+    """SIGTERM ``pid``, wait up to ``timeout`` s, then SIGKILL it. A gone PID is fine.
+
+    A zombie counts as gone: when ``pid`` is another process's child (``make stop``
+    while ``make servers`` still runs), only that parent can reap it.
+    """
     try:
         proc = psutil.Process(pid)
         proc.terminate()
-        try:
-            proc.wait(timeout)
-        except psutil.TimeoutExpired:
+        if not _ended(proc, timeout):
             proc.kill()
-            proc.wait(5)
+            _ended(proc, 5.0)
     except psutil.NoSuchProcess:
         pass
+
+
+def _ended(proc: psutil.Process, timeout: float) -> bool:
+    """Poll until ``proc`` has exited or is a zombie; False after ``timeout`` s."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            if proc.status() == psutil.STATUS_ZOMBIE:
+                proc.wait(0)  # reaps it when it is our own child; a no-op otherwise
+                return True
+        except (psutil.NoSuchProcess, psutil.TimeoutExpired, ChildProcessError):
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(POLL_S)
 
 
 def signal_all(pids: list[int], sig: signal.Signals) -> None:
@@ -155,6 +166,14 @@ def stop_processes(pids: list[int], timeout: float = 5.0) -> None:
             if all(state in "TtZX" for state in states):
                 break
             time.sleep(0.005)
+
+
+def descendants(pid: int) -> list[int]:
+    """Return the PIDs of every child of ``pid``, recursively ([] when ``pid`` is gone)."""
+    try:
+        return [c.pid for c in psutil.Process(pid).children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return []
 
 
 def proc_or_none(pid: int) -> psutil.Process | None:

