@@ -66,7 +66,8 @@ class ScheduleTicker:
 
     ``default_max_attempts`` fills a template without ``max_attempts``
     (``WORKER_MAX_ATTEMPTS``); ``grace_s`` is the age up to which a tick is on time
-    (``SCHEDULE_MISFIRE_GRACE``); ``poll_s`` the longest sleep between passes.
+    (``SCHEDULE_MISFIRE_GRACE``); ``poll_s`` the longest sleep between passes; ``tracer``
+    (default: the global provider's) makes the tick spans.
     """
 
     def __init__(
@@ -79,6 +80,7 @@ class ScheduleTicker:
         poll_s: float = 1.0,
         batch: int = BATCH,
         errors: LoopErrors | None = None,
+        tracer: trace.Tracer | None = None,
     ) -> None:
         self.db = db
         self.metrics = metrics
@@ -88,7 +90,7 @@ class ScheduleTicker:
         self.batch = batch
         self.errors = errors
         self.wake = asyncio.Event()
-        self.tracer = trace.get_tracer("taskflow.dispatcher")
+        self.tracer = tracer or trace.get_tracer("taskflow.dispatcher")
 
     def notified(self, *_: object) -> None:
         """Wake the loop now (an asyncpg listener callback for :data:`schedules.CHANNEL`)."""
