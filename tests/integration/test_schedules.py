@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import itertools
 import statistics
 import zoneinfo
 from collections.abc import AsyncIterator, Iterable
@@ -174,7 +175,8 @@ async def test_a_tick_makes_the_same_task_row_as_a_submit(database: Database) ->
     for column in columns:
         if column not in differ:
             assert ticked[column] == plain[column], column
-    assert ticked["status"] == "queued" and ticked["dispatch_pending"]
+    assert ticked["status"] == "queued"
+    assert ticked["dispatch_pending"]
     assert ticked["scheduled_for"] == T0 + dt.timedelta(seconds=1)
     assert ticked["trace_parent"] is not None
     assert ticked["max_attempts"] == 3  # the dispatcher's WORKER_MAX_ATTEMPTS
@@ -290,7 +292,7 @@ async def test_dst_transitions_of_berlin(
         for t in hourly
         if t.astimezone(BERLIN).date() == daily_date(daily) and t.astimezone(BERLIN).hour == 2
     ] == hourly_02
-    steps = {b - a for a, b in zip(hourly, hourly[1:], strict=False)}
+    steps = {b - a for a, b in itertools.pairwise(hourly)}
     assert steps == {dt.timedelta(hours=1)}  # real hours, one task each
 
 
@@ -351,9 +353,7 @@ async def test_paused_schedules_do_not_fire_and_resume_by_their_policy(
 async def test_overlap_policies(database: Database) -> None:
     async with database.acquire() as conn:
         for policy in ("allow", "skip", "queue"):
-            await schedules.create(
-                conn, every(policy, "10s", overlap=policy), now=T0
-            )
+            await schedules.create(conn, every(policy, "10s", overlap=policy), now=T0)
     t = ticker(database, grace_s=1.0)
     await t.tick_once(now=T0 + dt.timedelta(seconds=10.1))
     async with database.acquire() as conn:
@@ -367,9 +367,7 @@ async def test_overlap_policies(database: Database) -> None:
         assert await ticks_of(conn, "queue") == seconds([10])  # 20 waits
         waiting = await schedules.next_due(conn)
         assert waiting.waiting
-        assert (await schedules.get(conn, "queue"))["next_fire_at"] == T0 + dt.timedelta(
-            seconds=20
-        )
+        assert (await schedules.get(conn, "queue"))["next_fire_at"] == T0 + dt.timedelta(seconds=20)
         for name in ("skip", "queue"):
             await set_last_run(conn, name, "completed")
     # The run ended (database clock: now, after every simulated tick): the waiting tick
