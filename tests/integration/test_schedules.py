@@ -22,7 +22,8 @@ from taskflow_common.cadence import Cadence
 from taskflow_common.config import CommonSettings, load
 from taskflow_common.db import Database, open_pool
 from taskflow_common.errors import ConflictError, NotFoundError
-from taskflow_common.store import schedules, tasks
+from taskflow_common.spec import TaskSpec
+from taskflow_common.store import schedules, submissions
 from taskflow_common.store.schedules import ScheduleSpec
 from taskflow_common.ticks import Policy
 from taskflow_dispatcher.maintenance_metrics import MaintenanceMetrics
@@ -154,8 +155,8 @@ async def test_a_tick_makes_the_same_task_row_as_a_submit(database: Database) ->
     spec = every("report", "1s", payload={"k": [1, 2]}, tags={"t": "v"}, timeout_s=7.5)
     async with database.acquire() as conn:
         await schedules.create(conn, spec, now=T0)
-        submitted, _ = await tasks.submit(
-            conn, tasks.TaskSpec("demo", {"k": [1, 2]}, tags={"t": "v"}, timeout_s=7.5)
+        submitted, _ = await submissions.submit(
+            conn, TaskSpec("demo", {"k": [1, 2]}, tags={"t": "v"}, timeout_s=7.5)
         )
     tracer = TracerProvider().get_tracer("test")
     done = await ticker(database, tracer=tracer).tick_once(now=T0 + dt.timedelta(seconds=1.2))

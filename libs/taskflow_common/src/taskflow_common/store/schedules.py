@@ -34,9 +34,8 @@ from typing import Any
 import asyncpg
 
 from taskflow_common.cadence import Cadence
-from taskflow_common.errors import ConflictError, NotFoundError
+from taskflow_common.errors import ConflictError, InvalidCursor, NotFoundError
 from taskflow_common.store.rows import TASK_COLUMNS, TERMINAL_STATUSES, rfc3339
-from taskflow_common.store.tasks import InvalidCursor
 from taskflow_common.subjects import Priority
 from taskflow_common.ticks import Policy, PreviousRun
 
@@ -62,7 +61,7 @@ class ScheduleSpec:
     """A validated schedule definition (what a client sends, normalised).
 
     The task template: ``task_type``, ``payload`` (any JSON value the caller checked with
-    :func:`~taskflow_common.store.tasks.json_problems`), ``priority``, ``tags``,
+    :func:`~taskflow_common.spec.json_problems`), ``priority``, ``tags``,
     ``max_attempts`` (1..100, None: the dispatcher's ``WORKER_MAX_ATTEMPTS`` when a tick
     fires), ``timeout_s`` (> 0 or None). ``cadence`` from
     :meth:`~taskflow_common.cadence.Cadence.parse`; ``policy`` with ``catch_up_max``
@@ -252,7 +251,7 @@ async def list_schedules(
     """Return schedules ordered by name, optionally only (un)paused; keyset pages.
 
     ``limit`` 1..200 (``ValueError`` otherwise); a damaged ``cursor`` raises
-    :class:`~taskflow_common.store.tasks.InvalidCursor`.
+    :class:`~taskflow_common.errors.InvalidCursor`.
     """
     if not 1 <= limit <= MAX_LIST_LIMIT:
         raise ValueError(f"limit must be 1..{MAX_LIST_LIMIT}")
