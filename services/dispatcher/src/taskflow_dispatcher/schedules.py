@@ -29,7 +29,9 @@ from dataclasses import dataclass
 from opentelemetry import trace
 
 from taskflow_common import tracing
+from taskflow_common.config import CommonSettings
 from taskflow_common.db import Database
+from taskflow_common.listener import Listener
 from taskflow_common.logs import get_logger
 from taskflow_common.loops import LoopErrors, run_loop
 from taskflow_common.store import schedules
@@ -67,7 +69,8 @@ class ScheduleTicker:
     ``default_max_attempts`` fills a template without ``max_attempts``
     (``WORKER_MAX_ATTEMPTS``); ``grace_s`` is the age up to which a tick is on time
     (``SCHEDULE_MISFIRE_GRACE``); ``poll_s`` the longest sleep between passes; ``tracer``
-    (default: the global provider's) makes the tick spans.
+    (default: the global provider's) makes the tick spans; with ``listen`` (the settings to
+    connect with) :meth:`run` also holds a ``LISTEN taskflow_schedules`` connection.
     """
 
     def __init__(
@@ -81,6 +84,7 @@ class ScheduleTicker:
         batch: int = BATCH,
         errors: LoopErrors | None = None,
         tracer: trace.Tracer | None = None,
+        listen: CommonSettings | None = None,
     ) -> None:
         self.db = db
         self.metrics = metrics
@@ -91,6 +95,19 @@ class ScheduleTicker:
         self.errors = errors
         self.wake = asyncio.Event()
         self.tracer = tracer or trace.get_tracer("taskflow.dispatcher")
+        # LISTEN taskflow_schedules on a connection of its own (with ``listen``); every
+        # (re)connect wakes a pass too, for what changed while nobody listened.
+        self.listener = (
+            Listener(
+                listen,
+                schedules.CHANNEL,
+                self.notified,
+                on_connect=self.wake.set,
+                log_as="schedules_listen",
+            )
+            if listen is not None
+            else None
+        )
 
     def notified(self, *_: object) -> None:
         """Wake the loop now (an asyncpg listener callback for :data:`schedules.CHANNEL`)."""
@@ -187,4 +204,9 @@ class ScheduleTicker:
 
     async def run(self, stop: asyncio.Event) -> None:
         """Run passes until ``stop``; any failed pass is logged, counted and retried."""
-        await run_loop("schedules", self.iteration, stop, errors=self.errors, wake=self.wake)
+        async with asyncio.TaskGroup() as group:
+            if self.listener is not None:
+                group.create_task(self.listener.run(stop))
+            group.create_task(
+                run_loop("schedules", self.iteration, stop, errors=self.errors, wake=self.wake)
+            )
