@@ -23,7 +23,7 @@ from taskflow_common.config import CommonSettings, load
 from taskflow_common.db import Database, open_pool
 from taskflow_common.errors import ConflictError, NotFoundError
 from taskflow_common.spec import TaskSpec
-from taskflow_common.store import schedules, submissions
+from taskflow_common.store import schedule_ticks, schedules, submissions
 from taskflow_common.store.schedules import ScheduleSpec
 from taskflow_common.ticks import Policy
 from taskflow_dispatcher.maintenance_metrics import MaintenanceMetrics
@@ -366,7 +366,7 @@ async def test_overlap_policies(database: Database) -> None:
         assert await ticks_of(conn, "allow") == seconds([10, 20, 30])
         assert await ticks_of(conn, "skip") == seconds([10])
         assert await ticks_of(conn, "queue") == seconds([10])  # 20 waits
-        waiting = await schedules.next_due(conn)
+        waiting = await schedule_ticks.next_due(conn)
         assert waiting.waiting
         assert (await schedules.get(conn, "queue"))["next_fire_at"] == T0 + dt.timedelta(seconds=20)
         for name in ("skip", "queue"):

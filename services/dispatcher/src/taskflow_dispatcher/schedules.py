@@ -34,7 +34,7 @@ from taskflow_common.db import Database
 from taskflow_common.listener import Listener
 from taskflow_common.logs import get_logger
 from taskflow_common.loops import LoopErrors, run_loop
-from taskflow_common.store import schedules
+from taskflow_common.store import schedule_ticks, schedules
 from taskflow_common.ticks import plan
 from taskflow_dispatcher.maintenance_metrics import MaintenanceMetrics
 
@@ -121,11 +121,11 @@ class ScheduleTicker:
         outage: ``UnavailableError``); the transaction is then rolled back whole.
         """
         async with self.db.acquire() as conn, conn.transaction():
-            due = await schedules.lock_due(conn, self.batch, now=now)
+            due = await schedule_ticks.lock_due(conn, self.batch, now=now)
             if not due:
                 return TickPass()
-            fire: list[schedules.Tick] = []
-            moves: list[schedules.Advance] = []
+            fire: list[schedule_ticks.Tick] = []
+            moves: list[schedule_ticks.Advance] = []
             lags: dict[tuple[str, dt.datetime], float] = {}
             missed = overlap = late = 0
             more = len(due) >= self.batch
@@ -134,10 +134,10 @@ class ScheduleTicker:
                     d.cadence, d.policy, d.next_fire_at, d.now, d.previous, grace_s=self.grace_s
                 )
                 for tick in p.fire:
-                    fire.append(schedules.Tick(d.name, tick, self._trace_parent(d.name, tick)))
+                    fire.append(schedule_ticks.Tick(d.name, tick, self._trace_parent(d.name, tick)))
                     lags[(d.name, tick)] = (d.now - tick).total_seconds()
                 moves.append(
-                    schedules.Advance(d.name, p.next_fire_at, p.fire[-1] if p.fire else None)
+                    schedule_ticks.Advance(d.name, p.next_fire_at, p.fire[-1] if p.fire else None)
                 )
                 missed += p.skipped_missed
                 overlap += p.skipped_overlap
@@ -151,10 +151,10 @@ class ScheduleTicker:
                         overlap=p.skipped_overlap,
                         next_fire_at=p.next_fire_at.isoformat(),
                     )
-            inserted = await schedules.fire(
+            inserted = await schedule_ticks.fire(
                 conn, fire, default_max_attempts=self.default_max_attempts
             )
-            await schedules.advance(conn, moves)
+            await schedule_ticks.advance(conn, moves)
         made = [lags[(r["schedule"], r["scheduled_for"])] for r in inserted]
         self.metrics.ticks(fired_lags=made, late=late, replayed=len(fire) - len(inserted))
         self.metrics.skipped(missed=missed, overlap=overlap)
@@ -194,7 +194,7 @@ class ScheduleTicker:
         if done.more or self.wake.is_set():
             return 0.0
         async with self.db.acquire() as conn:
-            nxt = await schedules.next_due(conn)
+            nxt = await schedule_ticks.next_due(conn)
         wait = self.poll_s
         if nxt.in_s is not None:
             wait = min(wait, nxt.in_s + WAKE_MARGIN_S if nxt.in_s > 0 else BUSY_WAIT_S)
