@@ -10,7 +10,11 @@ raising for an outage):
   re-queues tasks published but unclaimed for too long;
 - :class:`~taskflow_dispatcher.stream_watch.StreamWatch`: recreates vanished streams and
   re-queues what their messages carried;
-- :class:`~taskflow_dispatcher.sampler.Sampler`: samples the lag and consumer gauges.
+- :class:`~taskflow_dispatcher.sampler.Sampler`: samples the lag and consumer gauges;
+- :class:`~taskflow_dispatcher.schedules.ScheduleTicker`: turns due schedule ticks into
+  tasks, exactly once across dispatchers, woken by ``LISTEN taskflow_schedules``;
+- :class:`~taskflow_dispatcher.pruner.Pruner`: deletes terminal tasks and resolved dead
+  letters past their retention, in small batches.
 """
 
 from __future__ import annotations
@@ -24,11 +28,15 @@ from taskflow_common.bus import Bus, connect
 from taskflow_common.db import Database, open_pool
 from taskflow_common.errors import UnavailableError
 from taskflow_common.lifecycle import ready
+from taskflow_common.loops import LoopErrors
 from taskflow_common.metrics import new_registry
 from taskflow_common.metrics import serve as serve_metrics
+from taskflow_dispatcher.maintenance_metrics import MaintenanceMetrics
 from taskflow_dispatcher.metrics import DispatcherMetrics
+from taskflow_dispatcher.pruner import Pruner, RetentionPolicy
 from taskflow_dispatcher.reaper import Reaper
 from taskflow_dispatcher.sampler import Sampler
+from taskflow_dispatcher.schedules import ScheduleTicker
 from taskflow_dispatcher.settings import DispatcherSettings
 from taskflow_dispatcher.stream_watch import StreamWatch
 from taskflow_dispatcher.sweeper import OutboxSweeper
@@ -52,18 +60,45 @@ class Dispatcher:
         registry: CollectorRegistry | None = None,
     ) -> None:
         self.settings = settings
-        self.metrics = DispatcherMetrics(registry or new_registry())
+        registry = registry or new_registry()
+        self.metrics = DispatcherMetrics(registry)
+        maintenance = MaintenanceMetrics(registry)
+        errors = LoopErrors(registry)
         self.sweeper = OutboxSweeper(settings, db, bus, self.metrics)
         self.reaper = Reaper(settings, db)
         self.stream_watch = StreamWatch(
             db, bus, settings.stream_check_interval, on_recreated=self.sweeper.wake.set
         )
         self.sampler = Sampler(db, bus, self.metrics, settings.metrics_interval)
+        self.ticker = ScheduleTicker(
+            db,
+            maintenance,
+            default_max_attempts=settings.worker_max_attempts,
+            grace_s=settings.schedule_grace,
+            poll_s=settings.poll_interval,
+            errors=errors,
+            listen=settings,
+        )
+        self.pruner = Pruner(
+            db,
+            maintenance,
+            RetentionPolicy(settings.task_retention_s(), settings.dlq_retention),
+            interval_s=settings.prune_interval,
+            batch=settings.prune_batch,
+            errors=errors,
+        )
 
     @property
     def duties(self) -> list[Duty]:
         """Every duty :meth:`run` runs, in start order."""
-        return [self.sweeper, self.reaper, self.stream_watch, self.sampler]
+        return [
+            self.sweeper,
+            self.reaper,
+            self.stream_watch,
+            self.sampler,
+            self.ticker,
+            self.pruner,
+        ]
 
     async def start(self, stop: asyncio.Event) -> None:
         """Make sure the streams exist (retrying while NATS is down)."""
@@ -79,14 +114,14 @@ class Dispatcher:
 async def serve(settings: DispatcherSettings, stop: asyncio.Event) -> None:
     """Service body for :func:`taskflow_common.lifecycle.run_service`.
 
-    Opens the pool (1-4 connections) and the NATS connection, serves ``/metrics`` on
+    Opens the pool (1-6 connections) and the NATS connection, serves ``/metrics`` on
     ``DISPATCHER_METRICS_HOST:PORT``, reconciles the streams, reports ready, then runs the
     duties until ``stop``. Raises UnavailableError when a dependency cannot be reached
     at start (unless stopping), MetricsPortError when the metrics port is taken.
     """
     try:
         async with (
-            open_pool(settings, min_size=1, max_size=4) as db,
+            open_pool(settings, min_size=1, max_size=6) as db,
             connect(settings, "taskflow-dispatcher", stop=stop) as bus,
         ):
             registry = new_registry()

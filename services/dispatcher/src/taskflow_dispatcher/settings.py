@@ -14,6 +14,13 @@ class DispatcherSettings(CommonSettings):
     (default 127.0.0.1:9102; port 0 picks a free one, logged in ``service_ready``);
     ``DISPATCHER_METRICS_INTERVAL`` (default 5s) is how often the lag and consumer gauges
     are sampled.
+
+    Schedules and retention (issue 15, docs/schedules.md): ``SCHEDULE_MISFIRE_GRACE``
+    (default 5s) is the age up to which a tick is on time; ``TASK_RETENTION`` (14d; 0 keeps
+    forever) how long terminal tasks are kept, overridden per status by
+    ``TASK_RETENTION_COMPLETED`` / ``_FAILED`` / ``_CANCELLED``; ``DLQ_RETENTION`` (30d; 0
+    forever) how long resolved dead letters are kept; ``DISPATCHER_PRUNE_INTERVAL`` (1m)
+    and ``DISPATCHER_PRUNE_BATCH`` (500 rows) pace the pruner.
     """
 
     batch_size: int = Field(500, alias="DISPATCHER_BATCH_SIZE", ge=1, le=10_000)
@@ -24,3 +31,20 @@ class DispatcherSettings(CommonSettings):
     metrics_port: int = Field(9102, alias="DISPATCHER_METRICS_PORT", ge=0, le=65535)
     metrics_host: str = Field("127.0.0.1", alias="DISPATCHER_METRICS_HOST", min_length=1)
     metrics_interval: Duration = Field(5.0, alias="DISPATCHER_METRICS_INTERVAL", gt=0, le=300)
+    schedule_grace: Duration = Field(5.0, alias="SCHEDULE_MISFIRE_GRACE", ge=0, le=86400)
+    task_retention: Duration = Field(14 * 86400.0, alias="TASK_RETENTION", ge=0)
+    task_retention_completed: Duration | None = Field(None, alias="TASK_RETENTION_COMPLETED")
+    task_retention_failed: Duration | None = Field(None, alias="TASK_RETENTION_FAILED")
+    task_retention_cancelled: Duration | None = Field(None, alias="TASK_RETENTION_CANCELLED")
+    dlq_retention: Duration = Field(30 * 86400.0, alias="DLQ_RETENTION", ge=0)
+    prune_interval: Duration = Field(60.0, alias="DISPATCHER_PRUNE_INTERVAL", gt=0)
+    prune_batch: int = Field(500, alias="DISPATCHER_PRUNE_BATCH", ge=1, le=10_000)
+
+    def task_retention_s(self) -> dict[str, float]:
+        """Seconds each terminal status is kept (0 = forever): the override or TASK_RETENTION."""
+        overrides = {
+            "completed": self.task_retention_completed,
+            "failed": self.task_retention_failed,
+            "cancelled": self.task_retention_cancelled,
+        }
+        return {s: self.task_retention if v is None else v for s, v in overrides.items()}
