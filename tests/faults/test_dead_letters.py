@@ -129,3 +129,37 @@ async def test_malformed_messages_with_one_sequence_in_two_stream_incarnations_a
         raise AssertionError(f"{len(seen)} malformed dead letter(s) recorded, not 2") from None
     assert len(await malformed()) == 2
     assert stack.dlq.running
+
+
+async def test_a_task_retried_before_its_dead_letter_is_recorded_has_no_open_dead_letter(
+    make_stack: MakeStack,
+) -> None:
+    """Item 11's smaller one: a retry between the dead letter's publish and its record.
+
+    The dlq-monitor is down while the task fails and the dispatcher publishes its dead
+    letter; the task is retried over the API (and then succeeds); the monitor comes back
+    and records the dead letter of the failure that was retried. It must not be ``open``:
+    the task is not failed any more, and replay-all must not pick it up.
+    """
+    stack = await make_stack(dlq=False)
+    task = await stack.submit("test.flaky", {"fail_times": 1}, max_attempts=1)
+    failed = await stack.wait_status(task["id"], timeout=20)
+    assert failed["status"] == "failed"
+    await wait_for(lambda: dlq_messages(stack), 10, what="the dead letter on the bus")
+
+    resp = await stack.http.post(f"{stack.api_url}/tasks/{task['id']}/retry")
+    assert resp.status_code == 200, resp.text
+    done = await stack.wait_status(task["id"], timeout=20)
+    assert done["status"] == "completed"
+
+    await start_monitor(stack)
+
+    async def recorded() -> list[dict[str, Any]]:
+        return await rows_of(stack, task["id"])
+
+    rows = await wait_for(recorded, 15, what="the retried failure's dead letter to be recorded")
+    assert rows == [{"attempts": 1, "status": "replayed"}]
+    listed = [d for d in await stack.dead_letters(status="open") if d["task_id"] == task["id"]]
+    assert listed == []
+    report = await check_invariants(stack, [task["id"]], deadline_s=10, replayed=[task["id"]])
+    report.assert_ok()
