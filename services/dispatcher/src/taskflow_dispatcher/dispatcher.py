@@ -1,6 +1,6 @@
 """The dispatcher: the only path from Postgres to JetStream, and the wiring of its duties.
 
-Four background duties share one pool and one NATS connection, each a module of its own
+Five background duties share one pool and one NATS connection, each a module of its own
 with the same contract (:class:`Duty`: ``run(stop)`` until the stop event is set, never
 raising for an outage):
 
@@ -10,7 +10,9 @@ raising for an outage):
   re-queues tasks published but unclaimed for too long;
 - :class:`~taskflow_dispatcher.stream_watch.StreamWatch`: recreates vanished streams and
   re-queues what their messages carried;
-- :class:`~taskflow_dispatcher.sampler.Sampler`: samples the lag and consumer gauges.
+- :class:`~taskflow_dispatcher.sampler.Sampler`: samples the lag and consumer gauges;
+- :class:`~taskflow_dispatcher.dead_letter_check.DeadLetterCheck`: publishes again the
+  dead letters the dead-letter stream lost before the dlq-monitor recorded them.
 """
 
 from __future__ import annotations
@@ -24,8 +26,10 @@ from taskflow_common.bus import Bus, connect
 from taskflow_common.db import Database, open_pool
 from taskflow_common.errors import UnavailableError
 from taskflow_common.lifecycle import ready
+from taskflow_common.loops import LoopErrors
 from taskflow_common.metrics import new_registry
 from taskflow_common.metrics import serve as serve_metrics
+from taskflow_dispatcher.dead_letter_check import DeadLetterCheck
 from taskflow_dispatcher.metrics import DispatcherMetrics
 from taskflow_dispatcher.reaper import Reaper
 from taskflow_dispatcher.sampler import Sampler
@@ -59,11 +63,30 @@ class Dispatcher:
             db, bus, settings.stream_check_interval, on_recreated=self.sweeper.wake.set
         )
         self.sampler = Sampler(db, bus, self.metrics, settings.metrics_interval)
+        self.loop_errors = LoopErrors(self.metrics.registry)
+        self.dead_letter_check = DeadLetterCheck(
+            db,
+            bus,
+            settings.dead_letter_check_interval,
+            metrics=self.metrics,
+            errors=self.loop_errors,
+            on_rearmed=self._dead_letters_rearmed,
+        )
+
+    def _dead_letters_rearmed(self) -> None:
+        self.sweeper.dead_hint = True
+        self.sweeper.wake.set()
 
     @property
     def duties(self) -> list[Duty]:
         """Every duty :meth:`run` runs, in start order."""
-        return [self.sweeper, self.reaper, self.stream_watch, self.sampler]
+        return [
+            self.sweeper,
+            self.reaper,
+            self.stream_watch,
+            self.sampler,
+            self.dead_letter_check,
+        ]
 
     async def start(self, stop: asyncio.Event) -> None:
         """Make sure the streams exist (retrying while NATS is down)."""

@@ -80,10 +80,11 @@ def _headers(msg: Msg) -> Mapping[str, str]:
 
 
 def dedupe_key(msg: Msg) -> str:
-    """``Nats-Msg-Id`` of ``msg``, else ``nomsgid:<stream>:<seq>:<sha256 of body, 16 hex>``.
+    """``Nats-Msg-Id`` of ``msg``, else
+    ``nomsgid:<stream>:<seq>:<stored time, microseconds>:<sha256 of body, 16 hex>``.
 
-    The hash keeps two different messages apart even if the stream was recreated and
-    its sequence numbers started again.
+    The stored time and the hash keep two messages apart even if the stream was
+    recreated and its sequence numbers started again; a redelivery keeps both.
     """
     given = _headers(msg).get(HEADER_MSG_ID)
     if given:
@@ -91,7 +92,8 @@ def dedupe_key(msg: Msg) -> str:
     digest = hashlib.sha256(msg.data).hexdigest()[:16]
     try:
         meta = msg.metadata
-        return f"nomsgid:{meta.stream}:{meta.sequence.stream}:{digest}"
+        stored_us = int(meta.timestamp.timestamp() * 1_000_000)
+        return f"nomsgid:{meta.stream}:{meta.sequence.stream}:{stored_us}:{digest}"
     except Exception:  # not a JetStream message: the hash alone must do
         return f"nomsgid:{msg.subject}:{digest}"
 

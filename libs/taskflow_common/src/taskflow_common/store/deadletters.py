@@ -94,9 +94,23 @@ async def record(conn: asyncpg.Connection, dedupe_key: str, dl: DeadLetter) -> b
     references ``tasks``) and its ``reason`` says which id was given. ``failed_at`` is
     ``dl.failed_at`` when it parses as RFC 3339, else the database's ``now()``. NUL
     characters in text fields are replaced by U+FFFD.
+
+    In the same statement, the task's ``dead_letter_pending`` is cleared when this is the
+    dead letter of its current failure (the task is ``failed`` and its ``attempts`` are
+    ``dl.attempts``; migration 0007): until then the dispatcher keeps the dead letter in
+    its outbox and publishes it again if the bus loses it. A duplicate clears it too.
     """
     row = await conn.fetchrow(
         """
+        WITH w AS (SELECT $2::uuid AS want),
+        cleared AS (
+            UPDATE tasks
+               SET dead_letter_pending = false, dead_letter_seq = NULL,
+                   dead_letter_stream = NULL
+             WHERE id = (SELECT want FROM w) AND dead_letter_pending
+               AND status = 'failed' AND attempts = $5
+            RETURNING id
+        )
         INSERT INTO dead_letters
             (dedupe_key, task_id, type, priority, attempts, error, reason, subject, raw,
              trace_id, failed_at)
@@ -105,7 +119,7 @@ async def record(conn: asyncpg.Connection, dedupe_key: str, dl: DeadLetter) -> b
                     THEN $7 || ' (task ' || w.want::text || ' is not in the tasks table)'
                     ELSE $7 END,
                $8, $9, $10, coalesce($11, now())
-        FROM (SELECT $2::uuid AS want) AS w
+        FROM w
         LEFT JOIN tasks AS t ON t.id = w.want
         ON CONFLICT (dedupe_key) DO NOTHING
         RETURNING id
@@ -225,7 +239,8 @@ async def replay(conn: asyncpg.Connection, task_id: uuid.UUID) -> asyncpg.Record
         WITH t AS (
             UPDATE tasks
             SET status = 'queued', failed_attempts = 0, dispatch_pending = true,
-                dead_letter_pending = false, run_at = now(), result = NULL,
+                dead_letter_pending = false, dead_letter_seq = NULL,
+                dead_letter_stream = NULL, run_at = now(), result = NULL,
                 finished_at = NULL, version = version + 1, updated_at = now()
             WHERE id = $1 AND status = ANY($2::text[])
             RETURNING {TASK_COLUMNS}
@@ -351,7 +366,8 @@ async def replay_matching(
         ), t AS (
             UPDATE tasks
             SET status = 'queued', failed_attempts = 0, dispatch_pending = true,
-                dead_letter_pending = false, run_at = now(), result = NULL,
+                dead_letter_pending = false, dead_letter_seq = NULL,
+                dead_letter_stream = NULL, run_at = now(), result = NULL,
                 finished_at = NULL, version = version + 1, updated_at = now()
             FROM m
             WHERE tasks.id = m.task_id AND tasks.status = ANY($1::text[])
