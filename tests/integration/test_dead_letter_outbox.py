@@ -6,6 +6,7 @@ dispatcher's check re-arms it when the dead-letter stream no longer holds it.
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import AsyncIterator
 
@@ -16,6 +17,7 @@ from taskflow_common.messages import DeadLetter
 from taskflow_common.store import deadletters, outbox
 from tests.conftest import REPO
 from tests.integration.test_deadletters_store import connect, insert_task
+from tests.support.waiting import wait_for
 
 RECONCILE = "-- Reconcile what earlier versions lost"
 
@@ -90,3 +92,47 @@ async def test_the_migration_rearms_failed_tasks_that_have_no_dead_letter(
     migration = (REPO / "migrations" / "0007_dead_letter_reconcile.sql").read_text()
     await conn.execute(migration[migration.index(RECONCILE) :])
     assert await to_publish(conn) == {lost}
+
+
+async def test_a_dead_letter_of_a_task_that_moved_on_is_recorded_resolved(
+    conn: asyncpg.Connection,
+) -> None:
+    """The retry race's fence: queued again, or failed again on a later attempt."""
+    queued = await insert_task(conn, status="queued")
+    again = await insert_task(conn, attempts=5, dead_letter_pending=True)
+    assert await deadletters.record(conn, f"dlq:{queued}:3", letter(queued))
+    assert await deadletters.record(conn, f"dlq:{again}:3", letter(again))
+    rows = await conn.fetch("SELECT task_id, status, resolved_at FROM dead_letters")
+    assert {(r["task_id"], r["status"]) for r in rows} == {
+        (queued, "replayed"),
+        (again, "replayed"),
+    }
+    assert all(r["resolved_at"] is not None for r in rows)
+    assert await pending(conn, again)  # attempt 5's dead letter is still to come
+
+
+async def test_a_replay_waiting_on_a_record_resolves_the_new_dead_letter(
+    conn: asyncpg.Connection, database_url: str
+) -> None:
+    """A record holds the task row (not yet committed) while a replay waits for it."""
+    task_id = await insert_task(conn, dead_letter_pending=True)
+    other = await connect(database_url)
+    try:
+        async with conn.transaction():
+            assert await deadletters.record(conn, f"dlq:{task_id}:3", letter(task_id))
+            replaying = asyncio.create_task(deadletters.replay(other, task_id))
+
+            async def waiting() -> bool:
+                n = await conn.fetchval(
+                    "SELECT count(*) FROM pg_stat_activity"
+                    " WHERE wait_event_type = 'Lock' AND datname = current_database()"
+                )
+                return bool(n)
+
+            await wait_for(waiting, 5, what="the replay to wait for the task row")
+        row = await asyncio.wait_for(replaying, 5)
+    finally:
+        await other.close()
+    assert row["status"] == "queued"
+    assert row["dead_letters_replayed"] == 1
+    assert await conn.fetchval("SELECT status FROM dead_letters") == "replayed"
