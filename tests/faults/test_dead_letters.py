@@ -12,10 +12,14 @@ from __future__ import annotations
 
 from typing import Any
 
+import asyncpg
 import nats.js.errors
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from taskflow_common.devstack.servers import NatsServer
+from taskflow_common.messages import DeadLetter
+from taskflow_common.subjects import HEADER_MSG_ID
 from tests.faults.conftest import MakeStack
 from tests.support.faults import jetstream
 from tests.support.invariants import check_invariants
@@ -163,3 +167,80 @@ async def test_a_task_retried_before_its_dead_letter_is_recorded_has_no_open_dea
     assert listed == []
     report = await check_invariants(stack, [task["id"]], deadline_s=10, replayed=[task["id"]])
     report.assert_ok()
+
+
+POISON_TRIGGER = """
+CREATE FUNCTION test_poison() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF NEW.reason = 'poison' THEN
+        RAISE EXCEPTION 'this dead letter is refused by a trigger';
+    END IF;
+    RETURN NEW;
+END;
+$$;
+CREATE TRIGGER test_poison BEFORE INSERT ON dead_letters
+    FOR EACH ROW EXECUTE FUNCTION test_poison();
+"""
+
+
+async def test_the_monitor_survives_a_dead_letter_postgres_refuses_and_keeps_recording(
+    make_stack: MakeStack,
+) -> None:
+    """Item 2 (dlq-monitor part): one pass hits an error that is not an outage.
+
+    A trigger added to this test's database refuses one dead letter with ``RAISE
+    EXCEPTION`` (not a data or constraint error, not an outage). The monitor must log
+    and count it, go on recording the dead letters behind it, and record the refused one
+    once the trigger is gone.
+    """
+    stack = await make_stack(workers=0)
+    assert stack.dlq is not None
+    await db_execute(stack, POISON_TRIGGER)
+    subject = f"{stack.env['NATS_SUBJECT_PREFIX']}.dlq"
+    async with jetstream(stack.env) as js:
+        for reason, msg_id in (("poison", "test-poison"), ("after the poison", "test-good")):
+            body = DeadLetter(reason=reason, error="boom").encode()
+            await js.publish(subject, body, headers={HEADER_MSG_ID: msg_id})
+
+    async def reasons() -> set[str]:
+        return {d["reason"] for d in await stack.dead_letters()}
+
+    await wait_for(
+        lambda: _has(reasons, "after the poison"), 15, what="the dead letter behind the poison"
+    )
+    assert stack.dlq.running
+    failed = stack.dlq.events("loop_failed")
+    assert failed, "the refused pass was not logged"
+    assert {e["error_class"] for e in failed} == {"RaiseError"}
+    errors = await loop_errors(stack)
+    assert errors.get(("dlq-consumer", "RaiseError"), 0) >= 1, errors
+
+    await db_execute(stack, "DROP TRIGGER test_poison ON dead_letters")
+    await wait_for(lambda: _has(reasons, "poison"), 30, what="the poison, once accepted")
+    assert await reasons() == {"poison", "after the poison"}
+    assert stack.dlq.running
+
+
+async def db_execute(stack: Stack, sql: str) -> None:
+    """Run ``sql`` (several statements allowed) on this test's database."""
+    conn = await asyncpg.connect(stack.env["DATABASE_URL"])
+    try:
+        await conn.execute(sql)
+    finally:
+        await conn.close()
+
+
+async def _has(reasons: Any, wanted: str) -> bool:
+    return wanted in await reasons()
+
+
+async def loop_errors(stack: Stack) -> dict[tuple[str, str], float]:
+    """``taskflow_loop_errors_total`` of the dlq-monitor, by ``(loop, error)``."""
+    resp = await stack.http.get(f"http://127.0.0.1:{stack.env['DLQ_HTTP_PORT']}/metrics")
+    assert resp.status_code == 200, resp.text
+    out: dict[tuple[str, str], float] = {}
+    for family in text_string_to_metric_families(resp.text):
+        for sample in family.samples:
+            if sample.name == "taskflow_loop_errors_total":
+                out[(sample.labels["loop"], sample.labels["error"])] = sample.value
+    return out
