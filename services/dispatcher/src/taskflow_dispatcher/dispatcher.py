@@ -1,6 +1,6 @@
 """The dispatcher: the only path from Postgres to JetStream, and the wiring of its duties.
 
-Four background duties share one pool and one NATS connection, each a module of its own
+Five background duties share one pool and one NATS connection, each a module of its own
 with the same contract (:class:`Duty`: ``run(stop)`` until the stop event is set, never
 raising for an outage):
 
@@ -15,6 +15,8 @@ raising for an outage):
   tasks, exactly once across dispatchers, woken by ``LISTEN taskflow_schedules``;
 - :class:`~taskflow_dispatcher.pruner.Pruner`: deletes terminal tasks and resolved dead
   letters past their retention, in small batches.
+- :class:`~taskflow_dispatcher.dead_letter_check.DeadLetterCheck`: publishes again the
+  dead letters the dead-letter stream lost before the dlq-monitor recorded them.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from taskflow_common.lifecycle import ready
 from taskflow_common.loops import LoopErrors
 from taskflow_common.metrics import new_registry
 from taskflow_common.metrics import serve as serve_metrics
+from taskflow_dispatcher.dead_letter_check import DeadLetterCheck
 from taskflow_dispatcher.maintenance_metrics import MaintenanceMetrics
 from taskflow_dispatcher.metrics import DispatcherMetrics
 from taskflow_dispatcher.pruner import Pruner, RetentionPolicy
@@ -87,6 +90,19 @@ class Dispatcher:
             batch=settings.prune_batch,
             errors=errors,
         )
+        self.loop_errors = errors
+        self.dead_letter_check = DeadLetterCheck(
+            db,
+            bus,
+            settings.dead_letter_check_interval,
+            metrics=self.metrics,
+            errors=self.loop_errors,
+            on_rearmed=self._dead_letters_rearmed,
+        )
+
+    def _dead_letters_rearmed(self) -> None:
+        self.sweeper.dead_hint = True
+        self.sweeper.wake.set()
 
     @property
     def duties(self) -> list[Duty]:
@@ -98,6 +114,7 @@ class Dispatcher:
             self.sampler,
             self.ticker,
             self.pruner,
+            self.dead_letter_check,
         ]
 
     async def start(self, stop: asyncio.Event) -> None:

@@ -36,6 +36,12 @@ class DispatcherMetrics:
             ["type", "priority"],
             registry=registry,
         )
+        self.dead_letters_rearmed = Counter(
+            "taskflow_dead_letters_rearmed",
+            "Published dead letters the dead-letter stream lost before the dlq-monitor "
+            "recorded them (store wiped, stream recreated, aged out), published again.",
+            registry=registry,
+        )
         self.lag = Gauge(
             "taskflow_dispatcher_lag_seconds",
             "Age of the oldest task that is due but not yet published (0 when none; "

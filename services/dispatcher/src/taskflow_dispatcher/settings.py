@@ -13,7 +13,9 @@ class DispatcherSettings(CommonSettings):
     ``GET /metrics`` is served on ``DISPATCHER_METRICS_HOST:DISPATCHER_METRICS_PORT``
     (default 127.0.0.1:9102; port 0 picks a free one, logged in ``service_ready``);
     ``DISPATCHER_METRICS_INTERVAL`` (default 5s) is how often the lag and consumer gauges
-    are sampled.
+    are sampled. ``DISPATCHER_DEAD_LETTER_CHECK_INTERVAL`` (default 10s) is how often
+    published dead letters that the dlq-monitor has not recorded yet are looked for on
+    the dead-letter stream (and published again when it lost them).
 
     Schedules and retention (issue 15, docs/schedules.md): ``SCHEDULE_MISFIRE_GRACE``
     (default 5s) is the age up to which a tick is on time; ``TASK_RETENTION`` (14d; 0 keeps
@@ -27,6 +29,9 @@ class DispatcherSettings(CommonSettings):
     poll_interval: Duration = Field(1.0, alias="DISPATCHER_POLL_INTERVAL", gt=0)
     reap_interval: Duration = Field(1.0, alias="DISPATCHER_REAP_INTERVAL", gt=0)
     stream_check_interval: Duration = Field(1.0, alias="DISPATCHER_STREAM_CHECK_INTERVAL", gt=0)
+    dead_letter_check_interval: Duration = Field(
+        10.0, alias="DISPATCHER_DEAD_LETTER_CHECK_INTERVAL", gt=0, le=3600
+    )
     redispatch_after: Duration = Field(900.0, alias="DISPATCHER_REDISPATCH_AFTER", gt=0)
     metrics_port: int = Field(9102, alias="DISPATCHER_METRICS_PORT", ge=0, le=65535)
     metrics_host: str = Field("127.0.0.1", alias="DISPATCHER_METRICS_HOST", min_length=1)

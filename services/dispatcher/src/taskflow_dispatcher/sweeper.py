@@ -30,6 +30,7 @@ from taskflow_common.retry import OUTAGE, Backoff
 from taskflow_common.store import outbox
 from taskflow_common.store.rows import rfc3339
 from taskflow_common.subjects import HEADER_MSG_ID, HEADER_TRACEPARENT, PRIORITIES, Names
+from taskflow_dispatcher.dead_letter_check import dlq_stream
 from taskflow_dispatcher.metrics import DispatcherMetrics
 from taskflow_dispatcher.settings import DispatcherSettings
 
@@ -150,7 +151,10 @@ class OutboxSweeper:
     async def publish_dead_letters(self) -> int:
         """Publish up to :data:`DEAD_BATCH` pending dead letters to ``<prefix>.dlq``.
 
-        Returns how many were PubAck'd (and marked published). Raises UnavailableError
+        Returns how many were PubAck'd; their stream sequence and the stream's identity
+        are recorded, and they stay pending until the dlq-monitor records them (the
+        :class:`~taskflow_dispatcher.dead_letter_check.DeadLetterCheck` publishes again
+        what the stream loses meanwhile). Raises UnavailableError
         (or a driver error) when there were some and none could be published.
         """
         async with self.db.acquire() as conn, conn.transaction():
@@ -188,6 +192,9 @@ class OutboxSweeper:
                 tracing.inject(headers, trace.set_span_in_context(span))
                 items.append((self.names.dlq_subject, letter.encode(), headers))
             try:
+                # Where the messages go: read before publishing, so a stream recreated
+                # meanwhile only makes the dead-letter check publish once more.
+                where = await dlq_stream(self.bus)
                 results = await self.bus.publish_batch(items)
             except BaseException:
                 for span in spans:
@@ -196,13 +203,15 @@ class OutboxSweeper:
             done = []
             for t, r, span in zip(dead, results, spans, strict=True):
                 if isinstance(r, api.PubAck):
-                    done.append((t, span))
+                    done.append((t, r.seq, span))
                 else:
                     span.set_status(trace.StatusCode.ERROR, repr(r))
                     span.end()
-            await outbox.mark_dead_published(conn, [t.task_id for t, _ in done])
+            await outbox.mark_dead_published(
+                conn, [(t.task_id, seq) for t, seq, _ in done], where.identity if where else ""
+            )
         self.metrics.publish_errors.inc(len(dead) - len(done))
-        for t, span in done:
+        for t, _, span in done:
             self.metrics.dead_letter_published(t.type, t.priority)
             with trace.use_span(span, end_on_exit=True):
                 log.warning(

@@ -120,10 +120,12 @@ async def dispatch_lag(conn: asyncpg.Connection) -> float:
     return max(0.0, lag or 0.0)
 
 
+# Dead letters still to publish (migration 0007: pending and not on the bus). The flag
+# stays set after the PubAck, until the dlq-monitor's record clears it.
 _DEAD = """
 SELECT id, type, priority, attempts, last_error, finished_at, trace_parent
   FROM tasks
- WHERE dead_letter_pending
+ WHERE dead_letter_pending AND dead_letter_seq IS NULL
  ORDER BY updated_at
  LIMIT $1
    FOR UPDATE SKIP LOCKED
@@ -144,7 +146,11 @@ class DeadTask:
 
 
 async def lock_dead(conn: asyncpg.Connection, limit: int) -> list[DeadTask]:
-    """Lock up to ``limit`` tasks whose dead letter is pending. Call inside a transaction."""
+    """Lock up to ``limit`` tasks whose dead letter is still to publish.
+
+    Call inside a transaction. A dead letter already on the bus (PubAck'd, not yet
+    recorded) is not returned until :func:`rearm_lost_dead_letters` finds it gone.
+    """
     rows = await conn.fetch(_DEAD, limit)
     return [
         DeadTask(
@@ -160,13 +166,43 @@ async def lock_dead(conn: asyncpg.Connection, limit: int) -> list[DeadTask]:
     ]
 
 
-async def mark_dead_published(conn: asyncpg.Connection, task_ids: Sequence[uuid.UUID]) -> None:
-    """Clear ``dead_letter_pending`` for PubAck'd dead letters (same transaction)."""
-    if task_ids:
+async def mark_dead_published(
+    conn: asyncpg.Connection, published: Sequence[tuple[uuid.UUID, int]], stream: str
+) -> None:
+    """Remember where PubAck'd dead letters are (same transaction as :func:`lock_dead`).
+
+    ``published`` holds ``(task_id, stream sequence of the PubAck)``; ``stream`` is the
+    dead-letter stream's identity (its creation time). ``dead_letter_pending`` stays
+    set: only the dlq-monitor's record (:func:`taskflow_common.store.deadletters.record`)
+    clears it, so a dead letter the bus loses is published again.
+    """
+    if published:
         await conn.execute(
-            "UPDATE tasks SET dead_letter_pending = false WHERE id = ANY($1::uuid[])",
-            list(task_ids),
+            """UPDATE tasks AS t SET dead_letter_seq = u.seq, dead_letter_stream = $3
+                 FROM unnest($1::uuid[], $2::bigint[]) AS u(id, seq)
+                WHERE t.id = u.id AND t.dead_letter_pending""",
+            [p[0] for p in published],
+            [p[1] for p in published],
+            stream,
         )
+
+
+async def rearm_lost_dead_letters(conn: asyncpg.Connection, stream: str, first_seq: int) -> int:
+    """Mark published dead letters that the bus no longer holds to be published again.
+
+    ``stream`` is the dead-letter stream's identity now and ``first_seq`` its first
+    stored sequence: a message put into another incarnation of the stream, or below
+    ``first_seq`` (aged out after ``DLQ_MAX_AGE``, purged), is gone. Returns how many
+    were re-armed (their statement notifies the dispatcher's channel).
+    """
+    status = await conn.execute(
+        """UPDATE tasks SET dead_letter_seq = NULL, dead_letter_stream = NULL
+            WHERE dead_letter_pending AND dead_letter_seq IS NOT NULL
+              AND (dead_letter_stream IS DISTINCT FROM $1 OR dead_letter_seq < $2)""",
+        stream,
+        first_seq,
+    )
+    return int(status.split()[-1])
 
 
 async def redispatch_waiting(conn: asyncpg.Connection, older_than_s: float = 0.0) -> int:
