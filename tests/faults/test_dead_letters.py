@@ -16,10 +16,10 @@ import asyncpg
 import nats.js.errors
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
-from taskflow_common.devstack.servers import NatsServer
 
 from taskflow_common.messages import DeadLetter
 from taskflow_common.subjects import HEADER_MSG_ID
+from taskflow_devstack.servers import NatsServer
 from tests.faults.conftest import MakeStack
 from tests.support.faults import jetstream
 from tests.support.invariants import check_invariants
