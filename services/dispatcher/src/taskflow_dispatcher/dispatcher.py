@@ -2,7 +2,9 @@
 
 Four background duties share one pool and one NATS connection, each a module of its own
 with the same contract (:class:`Duty`: ``run(stop)`` until the stop event is set, never
-raising for an outage):
+raising for an exception of one pass: each loop runs under
+:func:`taskflow_common.loops.run_loop`, which logs ``loop_failed``, counts
+``taskflow_loop_errors_total{loop, error}`` and backs off):
 
 - :class:`~taskflow_dispatcher.sweeper.OutboxSweeper`: publishes due tasks (and pending
   dead letters) in batches, woken by ``LISTEN taskflow_outbox``;
@@ -38,7 +40,7 @@ class Duty(Protocol):
     """One background duty of the dispatcher (River's maintenance-service contract)."""
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Do the duty until ``stop`` is set; back off and retry through outages."""
+        """Do the duty until ``stop`` is set; survive (log, count, back off) any error."""
 
 
 class Dispatcher:
@@ -53,12 +55,17 @@ class Dispatcher:
     ) -> None:
         self.settings = settings
         self.metrics = DispatcherMetrics(registry or new_registry())
-        self.sweeper = OutboxSweeper(settings, db, bus, self.metrics)
-        self.reaper = Reaper(settings, db)
+        errors = self.metrics.loop_errors
+        self.sweeper = OutboxSweeper(settings, db, bus, self.metrics, errors)
+        self.reaper = Reaper(settings, db, errors)
         self.stream_watch = StreamWatch(
-            db, bus, settings.stream_check_interval, on_recreated=self.sweeper.wake.set
+            db,
+            bus,
+            settings.stream_check_interval,
+            on_recreated=self.sweeper.wake.set,
+            errors=errors,
         )
-        self.sampler = Sampler(db, bus, self.metrics, settings.metrics_interval)
+        self.sampler = Sampler(db, bus, self.metrics, settings.metrics_interval, errors)
 
     @property
     def duties(self) -> list[Duty]:

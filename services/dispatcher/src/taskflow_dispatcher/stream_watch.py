@@ -16,6 +16,7 @@ from taskflow_common.bus import Bus
 from taskflow_common.db import Database
 from taskflow_common.lifecycle import wait_any
 from taskflow_common.logs import get_logger
+from taskflow_common.loops import LoopErrors, run_loop
 from taskflow_common.retry import OUTAGE
 from taskflow_common.store import outbox
 
@@ -33,8 +34,14 @@ class StreamWatch:
     """
 
     def __init__(
-        self, db: Database, bus: Bus, interval_s: float, on_recreated: Callable[[], None]
+        self,
+        db: Database,
+        bus: Bus,
+        interval_s: float,
+        on_recreated: Callable[[], None],
+        errors: LoopErrors | None = None,
     ) -> None:
+        self.errors = errors
         self.db = db
         self.bus = bus
         self.interval_s = interval_s
@@ -57,8 +64,22 @@ class StreamWatch:
                     async with self.db.acquire() as conn:
                         await outbox.redispatch_waiting(conn, 0.0)
                 return
-            except OUTAGE as exc:
-                log.warning("streams_unavailable", error=repr(exc))
+            except Exception as exc:
+                # Not only outages: a start that hit a deadlock or a bug in one row
+                # retries like any pass of a loop (counted as loop "stream_prepare").
+                if isinstance(exc, OUTAGE):
+                    log.warning("streams_unavailable", error=repr(exc))
+                else:
+                    log.error(
+                        "loop_failed",
+                        exc=True,
+                        loop="stream_prepare",
+                        error_class=type(exc).__name__,
+                        error=repr(exc)[:500],
+                        retry_in_s=START_RETRY_S,
+                    )
+                if self.errors is not None:
+                    self.errors.count("stream_prepare", exc)
                 await wait_any(stop, None, START_RETRY_S)
 
     async def check_stream(self) -> None:
@@ -81,12 +102,12 @@ class StreamWatch:
     async def run(self, stop: asyncio.Event) -> None:
         """Run :meth:`check_stream` every ``interval_s`` while connected, until ``stop``.
 
-        Never raises for an outage (logged as ``stream_check_unavailable``).
+        Never raises for an exception of one check (:func:`~taskflow_common.loops.run_loop`,
+        ``loop="stream_watch"``).
         """
-        while not stop.is_set():
-            if self.bus.connected:
-                try:
-                    await self.check_stream()
-                except OUTAGE as exc:
-                    log.warning("stream_check_unavailable", error=repr(exc))
-            await wait_any(stop, None, self.interval_s)
+        await run_loop("stream_watch", self._round, stop, errors=self.errors)
+
+    async def _round(self) -> float:
+        if self.bus.connected:
+            await self.check_stream()
+        return self.interval_s

@@ -135,10 +135,15 @@ async def claim(
 
 # The same claim for many deliveries in one statement (one round trip, one commit): the
 # per-row conditions are exactly _CLAIM's, with $1/$2 taken row by row from the arrays.
-# The caller passes distinct task ids sorted ascending, so that two workers claiming
-# overlapping sets (duplicate deliveries) lock the rows in the same order.
+# Lock order: ``locked`` takes the rows' locks in id order (ORDER BY id FOR UPDATE), as
+# every bulk lock of task rows does, before the UPDATE touches any: the UPDATE's own join
+# is a hash join in physical order for larger batches, and two statements locking
+# overlapping rows in different orders deadlock (issue 11). The uncorrelated count is a
+# one-time filter Postgres evaluates before the UPDATE's scan.
 _CLAIM_MANY = """
-WITH t AS (
+WITH locked AS (
+    SELECT id FROM tasks WHERE id = ANY($1::uuid[]) ORDER BY id FOR UPDATE
+), t AS (
     UPDATE tasks
        SET status = 'processing', attempts = tasks.attempts + 1, version = tasks.version + 1,
            dispatch_pending = false, dispatch_seq = d.dispatch,
@@ -149,6 +154,7 @@ WITH t AS (
        AND ((NOT tasks.dispatch_pending AND tasks.dispatch_seq = d.dispatch)
             OR (tasks.dispatch_pending AND tasks.dispatch_seq + 1 = d.dispatch
                 AND tasks.run_at <= now()))
+       AND (SELECT count(*) FROM locked) >= 0
  RETURNING tasks.id, tasks.attempts, tasks.type, tasks.payload, tasks.priority,
            tasks.timeout_s, tasks.max_attempts, tasks.failed_attempts, tasks.trace_parent,
            extract(epoch FROM now() - tasks.run_at)::float8 AS queue_wait_s

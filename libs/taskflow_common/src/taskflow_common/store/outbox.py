@@ -177,10 +177,16 @@ async def redispatch_waiting(conn: asyncpg.Connection, older_than_s: float = 0.0
     net for a message lost any other way. A copy that still exists is fenced by the
     dispatch number and acked as stale.
     """
+    # Rows are locked in id order, skipping any another transaction holds (a claim, a
+    # cancel): as every bulk lock of task rows, so that it never deadlocks with a
+    # claim_many (issue 11); a skipped row is looked at again on the next round.
     status = await conn.execute(
         """UPDATE tasks SET dispatch_pending = true
-            WHERE status IN ('queued', 'retrying') AND NOT dispatch_pending
-              AND dispatched_at <= now() - make_interval(secs => $1)""",
+            WHERE id IN (SELECT id FROM tasks
+                          WHERE status IN ('queued', 'retrying') AND NOT dispatch_pending
+                            AND dispatched_at <= now() - make_interval(secs => $1)
+                          ORDER BY id
+                            FOR UPDATE SKIP LOCKED)""",
         older_than_s,
     )
     return int(status.split()[-1])
@@ -216,13 +222,20 @@ async def close_orphans(conn: asyncpg.Connection) -> int:
 
     (e.g. the task was cancelled while its worker was gone). Returns how many.
     """
+    # Execution rows locked in id order, skipping busy ones (next round), like every bulk
+    # lock; the task rows are only read, never locked, so the task-first order holds.
     status = await conn.execute(
         """UPDATE task_executions e
               SET status = 'abandoned', finished_at = now(),
                   error = coalesce(e.error, 'worker lost (lease expired) after the task moved on'),
                   duration_ms = extract(epoch FROM now() - e.started_at) * 1000
-            WHERE e.status = 'started' AND e.lease_expires_at < now()
-              AND NOT EXISTS (SELECT 1 FROM tasks t WHERE t.id = e.task_id
-                                 AND t.status = 'processing' AND t.attempts = e.attempt)"""
+            WHERE e.id IN (
+                  SELECT x.id FROM task_executions x
+                   WHERE x.status = 'started' AND x.lease_expires_at < now()
+                     AND NOT EXISTS (SELECT 1 FROM tasks t WHERE t.id = x.task_id
+                                        AND t.status = 'processing' AND t.attempts = x.attempt)
+                   ORDER BY x.id
+                     FOR UPDATE SKIP LOCKED)
+              AND e.status = 'started' AND e.lease_expires_at < now()"""
     )
     return int(status.split()[-1])
