@@ -176,6 +176,11 @@ async def redispatch_waiting(conn: asyncpg.Connection, older_than_s: float = 0.0
     was found recreated (its messages are gone). With a positive age it is the safety
     net for a message lost any other way. A copy that still exists is fenced by the
     dispatch number and acked as stale.
+
+    A row with no ``dispatched_at`` counts from its last change (``updated_at``): a task
+    claimed through the "publish not yet recorded" branch (the dispatcher died between
+    the PubAck and its commit) and then interrupted is queued with no record of a
+    publish, and its message may be gone (issue 11, item 3).
     """
     # Rows are locked in id order, skipping any another transaction holds (a claim, a
     # cancel): as every bulk lock of task rows, so that it never deadlocks with a
@@ -184,7 +189,9 @@ async def redispatch_waiting(conn: asyncpg.Connection, older_than_s: float = 0.0
         """UPDATE tasks SET dispatch_pending = true
             WHERE id IN (SELECT id FROM tasks
                           WHERE status IN ('queued', 'retrying') AND NOT dispatch_pending
-                            AND dispatched_at <= now() - make_interval(secs => $1)
+                            AND (dispatched_at <= now() - make_interval(secs => $1)
+                                 OR (dispatched_at IS NULL
+                                     AND updated_at <= now() - make_interval(secs => $1)))
                           ORDER BY id
                             FOR UPDATE SKIP LOCKED)""",
         older_than_s,
