@@ -9,9 +9,11 @@ raising for an exception of one pass: each loop runs under
 - :class:`~taskflow_dispatcher.sweeper.OutboxSweeper`: publishes due tasks (and pending
   dead letters) in batches, woken by ``LISTEN taskflow_outbox``;
 - :class:`~taskflow_dispatcher.reaper.Reaper`: abandons attempts whose lease expired and
-  re-queues tasks published but unclaimed for too long;
-- :class:`~taskflow_dispatcher.stream_watch.StreamWatch`: recreates vanished streams and
-  re-queues what their messages carried;
+  re-queues unclaimed tasks whose message cannot be checked, after too long;
+- :class:`~taskflow_dispatcher.stream_watch.StreamWatch`: recreates vanished streams,
+  notices a stream created again (its identity is kept in Postgres) and re-queues what
+  it held, and runs the :class:`~taskflow_dispatcher.audit.MessageAudit` (re-publishes a
+  waiting task whose message the stream no longer holds);
 - :class:`~taskflow_dispatcher.sampler.Sampler`: samples the lag and consumer gauges.
 """
 
@@ -64,6 +66,7 @@ class Dispatcher:
             settings.stream_check_interval,
             on_recreated=self.sweeper.wake.set,
             errors=errors,
+            audit_interval_s=settings.audit_interval,
         )
         self.sampler = Sampler(db, bus, self.metrics, settings.metrics_interval, errors)
 

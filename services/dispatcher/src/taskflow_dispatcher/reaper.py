@@ -3,9 +3,11 @@
 Every ``DISPATCHER_REAP_INTERVAL`` it ends attempts whose lease expired (worker gone) as
 ``abandoned`` and schedules their retry with the task's backoff, closes orphaned
 executions, and re-queues tasks published but unclaimed for
-``DISPATCHER_REDISPATCH_AFTER``. Leases are only believed once Postgres has answered
-promptly for a whole lease period (:class:`LeaseTrust`), so an outage is never booked as
-lost workers.
+``DISPATCHER_REDISPATCH_AFTER`` whose message cannot be checked against the stream (no
+stream sequence recorded; the others are the
+:class:`~taskflow_dispatcher.audit.MessageAudit`'s). Leases are only believed once
+Postgres has answered promptly for a whole lease period (:class:`LeaseTrust`), so an
+outage is never booked as lost workers.
 """
 
 from __future__ import annotations

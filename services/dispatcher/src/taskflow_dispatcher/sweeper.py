@@ -132,17 +132,19 @@ class OutboxSweeper:
                 )
             results = await self.bus.publish_batch(items)
             published = []
+            stream_seqs = []
             published_spans = []
             errors: list[BaseException] = []
             for d, result, span in zip(due, results, spans, strict=True):
                 if isinstance(result, api.PubAck):
                     published.append(d)
+                    stream_seqs.append(result.seq)
                     published_spans.append(span)
                 else:
                     errors.append(result)
                     span.set_status(trace.StatusCode.ERROR, repr(result))
                 span.end()
-            await outbox.mark_dispatched(conn, published)
+            await outbox.mark_dispatched(conn, published, stream_seqs)
         self.metrics.published_batch([d.priority for d in published], len(errors))
         if published:
             await self.bus.ring([p for p in PRIORITIES if any(d.priority == p for d in published)])

@@ -29,8 +29,9 @@ import asyncpg
 # A message may claim when it carries the task's current dispatch (the dispatcher
 # recorded its publish), or the next one while the dispatcher has not recorded it yet:
 # it can crash between the PubAck and its UPDATE, and then this copy is the only one.
-# That branch records the publish itself (dispatched_at), so that a later interrupt
-# leaves a row the re-dispatch can age (issue 11, item 3).
+# That branch records the publish itself (dispatched_at; the stream sequence it does not
+# know, and the one kept belongs to an older dispatch: NULL), so that a later interrupt
+# leaves a row the re-dispatch can age (issue 11, items 3 and 9).
 # The lease counts from the moment the row is written (clock_timestamp()), not from the
 # statement's start (now()): a claim that waited on a lock must not commit with a lease
 # that is already spent, or the reaper abandons an attempt its worker is about to run.
@@ -40,6 +41,7 @@ WITH t AS (
        SET status = 'processing', attempts = attempts + 1, version = version + 1,
            dispatch_pending = false, dispatch_seq = $2,
            dispatched_at = CASE WHEN dispatch_pending THEN now() ELSE dispatched_at END,
+           stream_seq = CASE WHEN dispatch_pending THEN NULL ELSE stream_seq END,
            started_at = coalesce(started_at, now()), updated_at = now()
      WHERE id = $1
        AND status IN ('queued', 'retrying')
@@ -152,6 +154,7 @@ WITH locked AS (
            dispatch_pending = false, dispatch_seq = d.dispatch,
            dispatched_at = CASE WHEN tasks.dispatch_pending THEN now()
                                 ELSE tasks.dispatched_at END,
+           stream_seq = CASE WHEN tasks.dispatch_pending THEN NULL ELSE tasks.stream_seq END,
            started_at = coalesce(tasks.started_at, now()), updated_at = now()
       FROM unnest($1::uuid[], $2::int[]) AS d(id, dispatch)
      WHERE tasks.id = d.id
