@@ -1,20 +1,24 @@
 """The dispatcher: the only path from Postgres to JetStream, and the wiring of its duties.
 
-Five background duties share one pool and one NATS connection, each a module of its own
+Seven background duties share one pool and one NATS connection, each a module of its own
 with the same contract (:class:`Duty`: ``run(stop)`` until the stop event is set, never
-raising for an outage):
+raising for an exception of one pass: each loop runs under
+:func:`taskflow_common.loops.run_loop`, which logs ``loop_failed``, counts
+``taskflow_loop_errors_total{loop, error}`` and backs off):
 
 - :class:`~taskflow_dispatcher.sweeper.OutboxSweeper`: publishes due tasks (and pending
   dead letters) in batches, woken by ``LISTEN taskflow_outbox``;
 - :class:`~taskflow_dispatcher.reaper.Reaper`: abandons attempts whose lease expired and
-  re-queues tasks published but unclaimed for too long;
-- :class:`~taskflow_dispatcher.stream_watch.StreamWatch`: recreates vanished streams and
-  re-queues what their messages carried;
+  re-queues unclaimed tasks whose message cannot be checked, after too long;
+- :class:`~taskflow_dispatcher.stream_watch.StreamWatch`: recreates vanished streams,
+  notices a stream created again (its identity is kept in Postgres) and re-queues what
+  it held, and runs the :class:`~taskflow_dispatcher.audit.MessageAudit` (re-publishes a
+  waiting task whose message the stream no longer holds);
 - :class:`~taskflow_dispatcher.sampler.Sampler`: samples the lag and consumer gauges;
 - :class:`~taskflow_dispatcher.schedules.ScheduleTicker`: turns due schedule ticks into
   tasks, exactly once across dispatchers, woken by ``LISTEN taskflow_schedules``;
 - :class:`~taskflow_dispatcher.pruner.Pruner`: deletes terminal tasks and resolved dead
-  letters past their retention, in small batches.
+  letters past their retention, in small batches;
 - :class:`~taskflow_dispatcher.dead_letter_check.DeadLetterCheck`: publishes again the
   dead letters the dead-letter stream lost before the dlq-monitor recorded them.
 """
@@ -30,7 +34,6 @@ from taskflow_common.bus import Bus, connect
 from taskflow_common.db import Database, open_pool
 from taskflow_common.errors import UnavailableError
 from taskflow_common.lifecycle import ready
-from taskflow_common.loops import LoopErrors
 from taskflow_common.metrics import new_registry
 from taskflow_common.metrics import serve as serve_metrics
 from taskflow_dispatcher.dead_letter_check import DeadLetterCheck
@@ -49,7 +52,7 @@ class Duty(Protocol):
     """One background duty of the dispatcher (River's maintenance-service contract)."""
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Do the duty until ``stop`` is set; back off and retry through outages."""
+        """Do the duty until ``stop`` is set; survive (log, count, back off) any error."""
 
 
 class Dispatcher:
@@ -63,16 +66,20 @@ class Dispatcher:
         registry: CollectorRegistry | None = None,
     ) -> None:
         self.settings = settings
-        registry = registry or new_registry()
-        self.metrics = DispatcherMetrics(registry)
-        maintenance = MaintenanceMetrics(registry)
-        errors = LoopErrors(registry)
-        self.sweeper = OutboxSweeper(settings, db, bus, self.metrics)
-        self.reaper = Reaper(settings, db)
+        self.metrics = DispatcherMetrics(registry or new_registry())
+        maintenance = MaintenanceMetrics(self.metrics.registry)
+        errors = self.metrics.loop_errors
+        self.sweeper = OutboxSweeper(settings, db, bus, self.metrics, errors)
+        self.reaper = Reaper(settings, db, errors)
         self.stream_watch = StreamWatch(
-            db, bus, settings.stream_check_interval, on_recreated=self.sweeper.wake.set
+            db,
+            bus,
+            settings.stream_check_interval,
+            on_recreated=self.sweeper.wake.set,
+            errors=errors,
+            audit_interval_s=settings.audit_interval,
         )
-        self.sampler = Sampler(db, bus, self.metrics, settings.metrics_interval)
+        self.sampler = Sampler(db, bus, self.metrics, settings.metrics_interval, errors)
         self.ticker = ScheduleTicker(
             db,
             maintenance,
@@ -90,13 +97,12 @@ class Dispatcher:
             batch=settings.prune_batch,
             errors=errors,
         )
-        self.loop_errors = errors
         self.dead_letter_check = DeadLetterCheck(
             db,
             bus,
             settings.dead_letter_check_interval,
             metrics=self.metrics,
-            errors=self.loop_errors,
+            errors=errors,
             on_rearmed=self._dead_letters_rearmed,
         )
 

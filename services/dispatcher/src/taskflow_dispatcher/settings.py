@@ -13,9 +13,13 @@ class DispatcherSettings(CommonSettings):
     ``GET /metrics`` is served on ``DISPATCHER_METRICS_HOST:DISPATCHER_METRICS_PORT``
     (default 127.0.0.1:9102; port 0 picks a free one, logged in ``service_ready``);
     ``DISPATCHER_METRICS_INTERVAL`` (default 5s) is how often the lag and consumer gauges
-    are sampled. ``DISPATCHER_DEAD_LETTER_CHECK_INTERVAL`` (default 10s) is how often
-    published dead letters that the dlq-monitor has not recorded yet are looked for on
-    the dead-letter stream (and published again when it lost them).
+    are sampled. ``DISPATCHER_AUDIT_INTERVAL`` (default 5s) is how often the tasks
+    waiting on the bus are checked against the stream (re-published when their message is
+    gone); ``DISPATCHER_REDISPATCH_AFTER`` (default 15m) re-publishes a waiting task whose
+    message cannot be checked (no stream sequence recorded) once it waited that long.
+    ``DISPATCHER_DEAD_LETTER_CHECK_INTERVAL`` (default 10s) is how often published dead
+    letters that the dlq-monitor has not recorded yet are looked for on the dead-letter
+    stream (and published again when it lost them).
 
     Schedules and retention (issue 15, docs/schedules.md): ``SCHEDULE_MISFIRE_GRACE``
     (default 5s) is the age up to which a tick is on time; ``TASK_RETENTION`` (14d; 0 keeps
@@ -33,6 +37,7 @@ class DispatcherSettings(CommonSettings):
         10.0, alias="DISPATCHER_DEAD_LETTER_CHECK_INTERVAL", gt=0, le=3600
     )
     redispatch_after: Duration = Field(900.0, alias="DISPATCHER_REDISPATCH_AFTER", gt=0)
+    audit_interval: Duration = Field(5.0, alias="DISPATCHER_AUDIT_INTERVAL", gt=0)
     metrics_port: int = Field(9102, alias="DISPATCHER_METRICS_PORT", ge=0, le=65535)
     metrics_host: str = Field("127.0.0.1", alias="DISPATCHER_METRICS_HOST", min_length=1)
     metrics_interval: Duration = Field(5.0, alias="DISPATCHER_METRICS_INTERVAL", gt=0, le=300)

@@ -17,7 +17,10 @@ methods.
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
+import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import nats.js.errors
@@ -28,7 +31,7 @@ from taskflow_common.bus.transient import TRANSIENT_ERRORS
 from taskflow_common.config import CommonSettings
 from taskflow_common.errors import ConsumerConfigMismatch, UnavailableError
 from taskflow_common.logs import get_logger
-from taskflow_common.subjects import PRIORITIES, Names, Priority
+from taskflow_common.subjects import HEADER_MSG_ID, PRIORITIES, Names, Priority
 
 log = get_logger("taskflow_common.bus")  # one logger for the whole bus, as before the split
 
@@ -96,6 +99,116 @@ async def stream_created_at(js: JetStreamContext, names: Names) -> str | None:
     except TRANSIENT_ERRORS as exc:
         raise UnavailableError(f"jetstream unavailable: {exc!r}") from exc
     return info.created.isoformat() if info.created else ""
+
+
+@dataclass(frozen=True, slots=True)
+class StreamState:
+    """The task stream's identity and sequence range, as one ``stream_info`` says.
+
+    ``created``: the creation time (ISO string; a stream created again has another one);
+    ``first_seq``/``last_seq``: the lowest sequence still held and the last one assigned.
+    """
+
+    created: str
+    first_seq: int
+    last_seq: int
+
+
+async def stream_state(js: JetStreamContext, names: Names) -> StreamState | None:
+    """Return the task stream's :class:`StreamState`, or None if it is missing.
+
+    Raises :class:`UnavailableError` when JetStream does not answer.
+    """
+    try:
+        info = await js.stream_info(names.stream)
+    except nats.js.errors.NotFoundError:
+        return None
+    except TRANSIENT_ERRORS as exc:
+        raise UnavailableError(f"jetstream unavailable: {exc!r}") from exc
+    return StreamState(
+        info.created.isoformat() if info.created else "",
+        info.state.first_seq or 0,
+        info.state.last_seq or 0,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class ConsumerPosition:
+    """A priority consumer's progress: ``delivered``, the last delivered stream sequence;
+    ``pending``, how many messages of its subject the stream holds beyond it."""
+
+    delivered: int
+    pending: int
+
+
+async def consumer_positions(
+    js: JetStreamContext, names: Names
+) -> dict[Priority, ConsumerPosition]:
+    """Each priority consumer's :class:`ConsumerPosition` (zeros when it does not exist).
+
+    Raises :class:`UnavailableError` when JetStream does not answer.
+    """
+    out: dict[Priority, ConsumerPosition] = {}
+    for priority in PRIORITIES:
+        try:
+            info = await js.consumer_info(names.stream, names.consumer(priority))
+        except nats.js.errors.NotFoundError:
+            out[priority] = ConsumerPosition(0, 0)
+            continue
+        except TRANSIENT_ERRORS as exc:
+            raise UnavailableError(f"jetstream unavailable: {exc!r}") from exc
+        delivered = info.delivered.stream_seq if info.delivered else 0
+        out[priority] = ConsumerPosition(delivered or 0, info.num_pending or 0)
+    return out
+
+
+async def deleted_seqs(js: JetStreamContext, names: Names) -> set[int]:
+    """The sequences between the task stream's first and last that it no longer holds.
+
+    One ``STREAM.INFO`` request with ``deleted_details`` (which nats-py does not expose);
+    its size is the stream's ``num_deleted``. Raises :class:`UnavailableError` when
+    JetStream does not answer.
+    """
+    try:
+        # nats-py has no deleted_details option: the same request on its own connection.
+        msg = await js._nc.request(
+            f"{js._prefix}.STREAM.INFO.{names.stream}",
+            json.dumps({"deleted_details": True}).encode(),
+            timeout=5,
+        )
+    except TRANSIENT_ERRORS as exc:
+        raise UnavailableError(f"jetstream unavailable: {exc!r}") from exc
+    body = json.loads(msg.data)
+    return set(body.get("state", {}).get("deleted") or [])
+
+
+MESSAGE_ID_CONCURRENCY = 64
+"""``get_msg`` requests in flight at once in :func:`message_ids`."""
+
+
+async def message_ids(
+    js: JetStreamContext, names: Names, seqs: Sequence[int]
+) -> dict[int, str | None]:
+    """The ``Nats-Msg-Id`` of the task stream's message at each of ``seqs``.
+
+    None for a sequence the stream does not hold (acked, deleted, lost). Up to
+    :data:`MESSAGE_ID_CONCURRENCY` requests in flight at once (one round trip each, on
+    the one connection). Raises :class:`UnavailableError` when JetStream does not answer.
+    """
+    limit = asyncio.Semaphore(MESSAGE_ID_CONCURRENCY)
+
+    async def one(seq: int) -> tuple[int, str | None]:
+        async with limit:
+            try:
+                msg = await js.get_msg(names.stream, seq=seq)
+            except nats.js.errors.NotFoundError:
+                return seq, None
+        return seq, (msg.headers or {}).get(HEADER_MSG_ID, "")
+
+    try:
+        return dict(await asyncio.gather(*(one(q) for q in dict.fromkeys(seqs))))
+    except TRANSIENT_ERRORS as exc:
+        raise UnavailableError(f"jetstream unavailable: {exc!r}") from exc
 
 
 async def _ensure_stream(js: JetStreamContext, config: api.StreamConfig) -> bool:

@@ -29,6 +29,9 @@ import asyncpg
 # A message may claim when it carries the task's current dispatch (the dispatcher
 # recorded its publish), or the next one while the dispatcher has not recorded it yet:
 # it can crash between the PubAck and its UPDATE, and then this copy is the only one.
+# That branch records the publish itself (dispatched_at; the stream sequence it does not
+# know, and the one kept belongs to an older dispatch: NULL), so that a later interrupt
+# leaves a row the re-dispatch can age (issue 11, items 3 and 9).
 # The lease counts from the moment the row is written (clock_timestamp()), not from the
 # statement's start (now()): a claim that waited on a lock must not commit with a lease
 # that is already spent, or the reaper abandons an attempt its worker is about to run.
@@ -37,6 +40,8 @@ WITH t AS (
     UPDATE tasks
        SET status = 'processing', attempts = attempts + 1, version = version + 1,
            dispatch_pending = false, dispatch_seq = $2,
+           dispatched_at = CASE WHEN dispatch_pending THEN now() ELSE dispatched_at END,
+           stream_seq = CASE WHEN dispatch_pending THEN NULL ELSE stream_seq END,
            started_at = coalesce(started_at, now()), updated_at = now()
      WHERE id = $1
        AND status IN ('queued', 'retrying')
@@ -135,13 +140,21 @@ async def claim(
 
 # The same claim for many deliveries in one statement (one round trip, one commit): the
 # per-row conditions are exactly _CLAIM's, with $1/$2 taken row by row from the arrays.
-# The caller passes distinct task ids sorted ascending, so that two workers claiming
-# overlapping sets (duplicate deliveries) lock the rows in the same order.
+# Lock order: ``locked`` takes the rows' locks in id order (ORDER BY id FOR UPDATE), as
+# every bulk lock of task rows does, before the UPDATE touches any: the UPDATE's own join
+# is a hash join in physical order for larger batches, and two statements locking
+# overlapping rows in different orders deadlock (issue 11). The uncorrelated count is a
+# one-time filter Postgres evaluates before the UPDATE's scan.
 _CLAIM_MANY = """
-WITH t AS (
+WITH locked AS (
+    SELECT id FROM tasks WHERE id = ANY($1::uuid[]) ORDER BY id FOR UPDATE
+), t AS (
     UPDATE tasks
        SET status = 'processing', attempts = tasks.attempts + 1, version = tasks.version + 1,
            dispatch_pending = false, dispatch_seq = d.dispatch,
+           dispatched_at = CASE WHEN tasks.dispatch_pending THEN now()
+                                ELSE tasks.dispatched_at END,
+           stream_seq = CASE WHEN tasks.dispatch_pending THEN NULL ELSE tasks.stream_seq END,
            started_at = coalesce(tasks.started_at, now()), updated_at = now()
       FROM unnest($1::uuid[], $2::int[]) AS d(id, dispatch)
      WHERE tasks.id = d.id
@@ -149,6 +162,7 @@ WITH t AS (
        AND ((NOT tasks.dispatch_pending AND tasks.dispatch_seq = d.dispatch)
             OR (tasks.dispatch_pending AND tasks.dispatch_seq + 1 = d.dispatch
                 AND tasks.run_at <= now()))
+       AND (SELECT count(*) FROM locked) >= 0
  RETURNING tasks.id, tasks.attempts, tasks.type, tasks.payload, tasks.priority,
            tasks.timeout_s, tasks.max_attempts, tasks.failed_attempts, tasks.trace_parent,
            extract(epoch FROM now() - tasks.run_at)::float8 AS queue_wait_s

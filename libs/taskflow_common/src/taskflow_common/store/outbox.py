@@ -25,8 +25,9 @@ DEAD_LETTER_PAYLOAD = "dead"
 
 _MARK_DISPATCHED = """
 UPDATE tasks AS t
-   SET dispatch_pending = false, dispatch_seq = u.seq, dispatched_at = now()
-  FROM unnest($1::uuid[], $2::int[]) AS u(id, seq)
+   SET dispatch_pending = false, dispatch_seq = u.seq, dispatched_at = now(),
+       stream_seq = u.stream_seq
+  FROM unnest($1::uuid[], $2::int[], $3::bigint[]) AS u(id, seq, stream_seq)
  WHERE t.id = u.id AND t.dispatch_pending AND t.dispatch_seq + 1 = u.seq
 """
 
@@ -100,11 +101,21 @@ async def lock_due_pass(conn: asyncpg.Connection, limit: int) -> DuePass:
     return DuePass(due, None if later is None else float(later))
 
 
-async def mark_dispatched(conn: asyncpg.Connection, published: Sequence[Due]) -> None:
-    """Record PubAck'd publishes (same transaction as :func:`lock_due_pass`)."""
+async def mark_dispatched(
+    conn: asyncpg.Connection, published: Sequence[Due], stream_seqs: Sequence[int]
+) -> None:
+    """Record PubAck'd publishes (same transaction as :func:`lock_due_pass`).
+
+    ``stream_seqs[i]`` is the PubAck's stream sequence of ``published[i]``: kept on the
+    row so that the dispatcher can ask the stream whether the message is still there
+    (:mod:`taskflow_common.store.waiting`).
+    """
     if published:
         await conn.execute(
-            _MARK_DISPATCHED, [d.task_id for d in published], [d.dispatch for d in published]
+            _MARK_DISPATCHED,
+            [d.task_id for d in published],
+            [d.dispatch for d in published],
+            list(stream_seqs),
         )
 
 
@@ -209,14 +220,29 @@ async def redispatch_waiting(conn: asyncpg.Connection, older_than_s: float = 0.0
     """Mark published-but-unclaimed tasks due again; return how many.
 
     With ``older_than_s == 0`` every such task is re-queued: used when the task stream
-    was found recreated (its messages are gone). With a positive age it is the safety
-    net for a message lost any other way. A copy that still exists is fenced by the
-    dispatch number and acked as stale.
+    was found recreated (its messages are gone). With a positive age only the rows with
+    no recorded stream sequence are (the others are checked against the stream, see
+    :mod:`taskflow_common.store.waiting`): the safety net for a message lost any other
+    way. A copy that still exists is fenced by the dispatch number and acked as stale.
+
+    A row with no ``dispatched_at`` counts from its last change (``updated_at``): a task
+    claimed through the "publish not yet recorded" branch (the dispatcher died between
+    the PubAck and its commit) and then interrupted is queued with no record of a
+    publish, and its message may be gone (issue 11, item 3).
     """
+    # Rows are locked in id order, skipping any another transaction holds (a claim, a
+    # cancel): as every bulk lock of task rows, so that it never deadlocks with a
+    # claim_many (issue 11); a skipped row is looked at again on the next round.
     status = await conn.execute(
         """UPDATE tasks SET dispatch_pending = true
-            WHERE status IN ('queued', 'retrying') AND NOT dispatch_pending
-              AND dispatched_at <= now() - make_interval(secs => $1)""",
+            WHERE id IN (SELECT id FROM tasks
+                          WHERE status IN ('queued', 'retrying') AND NOT dispatch_pending
+                            AND ($1 = 0 OR stream_seq IS NULL)
+                            AND (dispatched_at <= now() - make_interval(secs => $1)
+                                 OR (dispatched_at IS NULL
+                                     AND updated_at <= now() - make_interval(secs => $1)))
+                          ORDER BY id
+                            FOR UPDATE SKIP LOCKED)""",
         older_than_s,
     )
     return int(status.split()[-1])
@@ -252,13 +278,20 @@ async def close_orphans(conn: asyncpg.Connection) -> int:
 
     (e.g. the task was cancelled while its worker was gone). Returns how many.
     """
+    # Execution rows locked in id order, skipping busy ones (next round), like every bulk
+    # lock; the task rows are only read, never locked, so the task-first order holds.
     status = await conn.execute(
         """UPDATE task_executions e
               SET status = 'abandoned', finished_at = now(),
                   error = coalesce(e.error, 'worker lost (lease expired) after the task moved on'),
                   duration_ms = extract(epoch FROM now() - e.started_at) * 1000
-            WHERE e.status = 'started' AND e.lease_expires_at < now()
-              AND NOT EXISTS (SELECT 1 FROM tasks t WHERE t.id = e.task_id
-                                 AND t.status = 'processing' AND t.attempts = e.attempt)"""
+            WHERE e.id IN (
+                  SELECT x.id FROM task_executions x
+                   WHERE x.status = 'started' AND x.lease_expires_at < now()
+                     AND NOT EXISTS (SELECT 1 FROM tasks t WHERE t.id = x.task_id
+                                        AND t.status = 'processing' AND t.attempts = x.attempt)
+                   ORDER BY x.id
+                     FOR UPDATE SKIP LOCKED)
+              AND e.status = 'started' AND e.lease_expires_at < now()"""
     )
     return int(status.split()[-1])
