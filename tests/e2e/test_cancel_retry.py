@@ -8,6 +8,7 @@ import uuid
 import pytest
 
 from tests.support.stack import Stack, execution_started, parse_ts, post
+from tests.support.timing import slack
 from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.e2e
@@ -77,8 +78,8 @@ async def test_cancel_a_running_task_stops_it_within_a_second_and_frees_the_work
     assert quick_started is not None
     gap = (quick_started - cancelled_at).total_seconds()
     print(f"cancel: next task started {gap * 1000:.0f} ms after the cancel committed")
-    assert gap < 1.0
-    assert elapsed < 2.0, f"next task done {elapsed:.2f} s after the cancel request"
+    assert gap < slack(1.0)
+    assert elapsed < slack(2.0), f"next task done {elapsed:.2f} s after the cancel request"
     execs = await stack.executions(long["id"])
     assert [(e["attempt"], e["status"]) for e in execs] == [(1, "cancelled")]
     assert execs[0]["duration_ms"] < 30_000

@@ -28,6 +28,7 @@ from taskflow_common.devstack.servers import free_port
 from tests.support.client_api import Api
 from tests.support.procs import ServiceFactory
 from tests.support.stack import Stack
+from tests.support.timing import floor_plus, slack
 from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.e2e
@@ -118,7 +119,7 @@ async def test_wait_gives_the_current_state_when_its_timeout_ends(api: Api, stac
     elapsed = time.monotonic() - started
     assert current.status == "processing"
     assert not current.terminal
-    assert 1.4 <= elapsed < 4.0, elapsed
+    assert 1.4 <= elapsed < floor_plus(1.4, 2.6), elapsed
 
 
 async def test_wait_returns_soon_after_a_short_task_finishes(api: Api) -> None:
@@ -127,7 +128,7 @@ async def test_wait_returns_soon_after_a_short_task_finishes(api: Api) -> None:
     done = await api.wait(task.id, timeout_s=10)
     elapsed = time.monotonic() - started
     assert done.status == "completed"
-    assert elapsed < 3.0, elapsed
+    assert elapsed < slack(3.0), elapsed
 
 
 async def test_idempotency_key_replays_the_first_task(api: Api) -> None:

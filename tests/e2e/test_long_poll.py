@@ -12,6 +12,7 @@ import pytest
 
 from tests.support.procs import ServiceFactory
 from tests.support.stack import Stack, post
+from tests.support.timing import floor_plus, slack
 from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.e2e
@@ -40,7 +41,7 @@ async def test_wait_on_a_500_ms_task_answers_when_it_completes(stack: Stack) -> 
     assert resp.status_code == 200
     assert resp.json()["task"]["status"] == "completed"
     print(f"?wait=10s on a 500 ms task answered after {elapsed:.3f} s")
-    assert 0.5 <= elapsed < 2.0, f"answered after {elapsed:.3f} s"
+    assert 0.5 <= elapsed < floor_plus(0.5, 1.5), f"answered after {elapsed:.3f} s"
 
 
 async def test_300_parked_waiters_cost_little_cpu(stack: Stack) -> None:
@@ -69,7 +70,7 @@ async def test_300_parked_waiters_cost_little_cpu(stack: Stack) -> None:
         after = api.cpu_times()
         cpu_s = (after.user - before.user) + (after.system - before.system)
         print(f"ingest API CPU with 300 parked waiters: {cpu_s:.3f} s over 3 s")
-        assert cpu_s < 0.3
+        assert cpu_s < slack(0.3)
         assert not any(w.done() for w in waits)
         # Every waiter wakes when its task ends (here: cancelled).
         started = time.monotonic()
@@ -77,7 +78,7 @@ async def test_300_parked_waiters_cost_little_cpu(stack: Stack) -> None:
             assert (await post(stack, f"/tasks/{task_id}/cancel")).status_code == 200
         answers = await asyncio.wait_for(asyncio.gather(*waits), 30)
         assert {a.json()["task"]["status"] for a in answers} == {"cancelled"}
-        assert time.monotonic() - started < 20
+        assert time.monotonic() - started < slack(20)
 
 
 async def test_event_stream_of_a_real_run(stack: Stack) -> None:
@@ -122,4 +123,4 @@ async def test_sigterm_answers_parked_long_polls_at_once(
         assert answer.status_code == 200
         assert answer.json()["task"]["status"] == "queued"
         assert await api.wait(10) == 0
-        assert time.monotonic() - started < 3, "shutdown waited for the long poll"
+        assert time.monotonic() - started < slack(3), "shutdown waited for the long poll"

@@ -15,6 +15,7 @@ import pytest
 from tests.faults.conftest import ACK_WAIT_S, BACKOFF_BASE_S, MakeStack, worker_of
 from tests.support.faults import consumer_info, db_now, executions, statuses, stream_info
 from tests.support.invariants import VersionWatcher, check_invariants
+from tests.support.timing import floor_plus
 from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.faults
@@ -99,8 +100,8 @@ async def test_sigkill_mid_task_is_taken_over_within_ack_wait_plus_backoff(
         assert statuses(execs) == ["abandoned", "succeeded"]
         assert execs[0]["error"]
         # ack_wait (lease) + first backoff (at most 1.5 x base) + 2 s of scheduling slack
-        # (the 5 s, scaled; the reaper runs every 200 ms).
-        budget = ACK_WAIT_S + BACKOFF_BASE_S * 1.5 + 2.0
+        # (the 5 s, scaled; the reaper runs every 200 ms), times SLACK.
+        budget = floor_plus(ACK_WAIT_S + BACKOFF_BASE_S * 1.5, 2.0)
         took = (execs[1]["started"] - killed_at).total_seconds()
         assert took <= budget, f"attempt 2 started {took:.2f}s after the kill (> {budget}s)"
         report = await check_invariants(stack, [task["id"]], deadline_s=15, watcher=watcher)

@@ -26,6 +26,7 @@ from tests.support.api import (
     settings_from,
     submit_task,
 )
+from tests.support.timing import floor_plus, slack
 from tests.support.waiting import wait_for
 
 # -- the long poll -----------------------------------------------------------------------------
@@ -48,8 +49,10 @@ async def test_wait_answers_as_soon_as_the_task_finishes(
     answered = time.monotonic()
     assert result.status_code == 200, result.text
     assert (result.json["task"]["status"], result.json["task"]["result"]) == ("completed", {"r": 1})
-    assert answered - finished < 1.0, f"answered {answered - finished:.3f} s after the commit"
-    assert answered - started < 10
+    assert answered - finished < slack(1.0), (
+        f"answered {answered - finished:.3f} s after the commit"
+    )
+    assert answered - started < slack(10)
 
 
 async def test_wait_and_events_do_not_queue_behind_a_locked_task_row(
@@ -72,7 +75,9 @@ async def test_wait_and_events_do_not_queue_behind_a_locked_task_row(
             elapsed = time.monotonic() - started
             assert answer.status_code == 200, answer.text
             assert answer.json()["task"]["status"] == "queued"
-            assert elapsed < 1.5, f"?wait=300ms took {elapsed:.2f} s behind a row lock"
+            assert elapsed < floor_plus(0.3, 1.2), (
+                f"?wait=300ms took {elapsed:.2f} s behind a row lock"
+            )
             seen: list[str] = []
             async with client.stream("GET", f"{TASKS}/{tid}/events") as response:
                 assert response.status_code == 200
@@ -105,7 +110,7 @@ async def test_wait_ends_with_the_current_state(
     elapsed = time.monotonic() - started
     assert result.status_code == 200
     assert result.json["task"]["status"] == "queued"
-    assert 0.4 <= elapsed < 2.0, elapsed
+    assert 0.4 <= elapsed < floor_plus(0.4, 1.6), elapsed
     # A change that is not the end does not answer early, but is what the wait ends with.
     await claim_first(db, task["id"])
     result = await api.simulate_get(f"{TASKS}/{task['id']}", query_string="wait=300ms")
@@ -115,7 +120,7 @@ async def test_wait_ends_with_the_current_state(
     started = time.monotonic()
     result = await api.simulate_get(f"{TASKS}/{task['id']}", query_string="wait=60s")
     assert result.json["task"]["status"] == "cancelled"
-    assert time.monotonic() - started < 1.0
+    assert time.monotonic() - started < slack(1.0)
 
 
 @pytest.mark.parametrize(
@@ -140,7 +145,7 @@ async def test_wait_on_an_unknown_task_is_404_at_once(api: falcon.testing.ASGICo
     started = time.monotonic()
     result = await api.simulate_get(f"{TASKS}/{uuid.uuid4()}", query_string="wait=30s")
     assert_problem(result, 404, "not_found")
-    assert time.monotonic() - started < 1.0
+    assert time.monotonic() - started < slack(1.0)
 
 
 async def test_waiters_survive_a_lost_listen_connection(
