@@ -35,6 +35,13 @@ RECOVERY_S = 15.0
 """Tasks must complete within this long after the server is back (the issue's 30 s, halved)."""
 
 
+@pytest.fixture
+def database_url(embedded_database_url: str) -> str:
+    """Every scenario here on a Postgres the test may stop (``embedded_pg``), even when
+    ``TASKFLOW_TEST_DATABASE_URL``/``DATABASE_URL`` name an external server."""
+    return embedded_database_url
+
+
 def _pids(stack: Stack) -> list[int | None]:
     procs = [stack.api, stack.dispatcher, stack.dlq, *stack.workers]
     return [p.pid for p in procs if p is not None]
@@ -165,7 +172,7 @@ async def test_retry_gaps_respect_the_backoff(make_stack: MakeStack) -> None:
 
 @pytest.mark.parametrize("fault", ["pause", "restart"])
 async def test_postgres_outage_while_recording_uses_no_attempt(
-    make_stack: MakeStack, pg_server: PgHandle, fault: str
+    make_stack: MakeStack, embedded_pg: PgHandle, fault: str
 ) -> None:
     """Scenario 6b: Postgres away for 3 s while a worker records an attempt.
 
@@ -173,7 +180,7 @@ async def test_postgres_outage_while_recording_uses_no_attempt(
     recovery. ack_wait is 10 s here, so the outage is under a third of the lease as in
     the issue (3 s against 30 s), instead of outlasting it.
     """
-    server = pg_server.require_embedded()
+    server = embedded_pg.require_embedded()
     stack = await make_stack(workers=1, env={"WORKER_ACK_WAIT": "10s"})
     async with VersionWatcher(stack.env["DATABASE_URL"]) as watcher:
         task = await stack.submit("test.sleep", {"sleep_s": 0.5})
@@ -212,7 +219,7 @@ async def test_postgres_outage_while_recording_uses_no_attempt(
 
 @pytest.mark.parametrize("fault", ["pause", "restart"])
 async def test_postgres_outage_longer_than_the_lease_does_not_abandon_a_live_attempt(
-    make_stack: MakeStack, pg_server: PgHandle, fault: str
+    make_stack: MakeStack, embedded_pg: PgHandle, fault: str
 ) -> None:
     """Scenario 6, harsher: Postgres away for 1.5 x the lease while a handler runs.
 
@@ -220,7 +227,7 @@ async def test_postgres_outage_longer_than_the_lease_does_not_abandon_a_live_att
     infrastructure blip must not be booked as a lost worker (an abandoned, counted
     attempt) nor start a second run on the other worker.
     """
-    server = pg_server.require_embedded()
+    server = embedded_pg.require_embedded()
     stack = await make_stack(workers=2)
     async with VersionWatcher(stack.env["DATABASE_URL"]) as watcher:
         task = await stack.submit("test.sleep", {"sleep_s": ACK_WAIT_S * 3})
@@ -248,7 +255,7 @@ HOLD_CLAIM = 4_242_003
 
 
 async def test_a_claim_that_commits_after_the_worker_gave_up_is_not_lost(
-    make_stack: MakeStack, pg_server: PgHandle
+    make_stack: MakeStack, embedded_pg: PgHandle
 ) -> None:
     """Scenario 6, the claim's side: Postgres commits a claim its worker timed out on.
 
@@ -257,7 +264,7 @@ async def test_a_claim_that_commits_after_the_worker_gave_up_is_not_lost(
     then the claim commits anyway. The worker believed it failed and nak'd: the
     redelivery must run that attempt, not leave it to expire and count as a failure.
     """
-    server = pg_server.require_embedded()
+    server = embedded_pg.require_embedded()
     stack = await make_stack(workers=1, worker_env={"DB_STATEMENT_TIMEOUT": "1s"})
     worker = stack.workers[0]
     holder = await asyncpg.connect(stack.env["DATABASE_URL"])
