@@ -209,8 +209,10 @@ def service_env(
 async def services(tmp_path: Path) -> AsyncIterator[ServiceFactory]:
     """Start services with ``await services.start("worker", env)``; all stopped at teardown.
 
-    At teardown each service's exit code and log tail are printed: pytest shows them
-    with a failing test.
+    At teardown each service's exit code and log tail are printed (pytest shows them with
+    a failing test), then how each ended is checked: a non-clean exit, or an ERROR or
+    Traceback line the test did not declare with ``services.allow(pattern, reason)``,
+    fails the test (``tests/support/exits.py``).
     """
     factory = ServiceFactory(tmp_path / "services", cwd=REPO)
     try:
@@ -219,6 +221,7 @@ async def services(tmp_path: Path) -> AsyncIterator[ServiceFactory]:
         await factory.stop_all()
         if factory.started:
             print(factory.report())
+    factory.verify()
 
 
 @pytest.fixture(autouse=True)
