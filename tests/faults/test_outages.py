@@ -186,6 +186,7 @@ async def test_postgres_outage_while_recording_uses_no_attempt(
         task = await stack.submit("test.sleep", {"sleep_s": 0.5})
         await stack.wait_status(task["id"], {"processing"}, timeout=15)
         # The handler ends 0.5 s after its start: the worker records during the outage.
+        down_db = await db_now(stack)
         if fault == "pause":
             server.pause()
         else:
@@ -207,8 +208,17 @@ async def test_postgres_outage_while_recording_uses_no_attempt(
         assert took <= RECOVERY_S
         execs = await executions(stack, task["id"])
         assert statuses(execs) == ["succeeded"], execs
-        # The fault hit the recording: the handler was done before Postgres came back.
-        assert execs[0]["started"] + dt.timedelta(seconds=0.5) < back_db
+        # The fault hit THIS task's recording: its handler ended inside the outage (after
+        # the fault began, before Postgres was back), and the recording committed only
+        # after the outage (finished_at is the recording's now(); the outage lasted at
+        # least OUTAGE_S from down_db on the same clock).
+        handler_done = execs[0]["started"] + dt.timedelta(seconds=0.5)
+        window = f"outage {down_db:%T.%f}..{back_db:%T.%f}, handler done {handler_done:%T.%f}"
+        assert down_db < handler_done < back_db, f"the handler did not end in the outage: {window}"
+        recorded = execs[0]["finished"]
+        assert recorded >= down_db + dt.timedelta(seconds=OUTAGE_S), (
+            f"recorded at {recorded:%T.%f}, before the outage ended ({window})"
+        )
         assert done["attempts"] == 1
         normal = await consumer_info(stack.env, "normal")
         assert normal.num_redelivered <= 1
