@@ -205,16 +205,29 @@ def service_env(
     }
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    """Register the marker that declares a test's expected service errors."""
+    config.addinivalue_line(
+        "markers",
+        "service_errors(pattern, reason, service=None): ERROR/Traceback log lines matching "
+        "the regex `pattern` are expected from this test's services (or only `service`), "
+        "because of `reason`; see tests/support/exits.py",
+    )
+
+
 @pytest.fixture
-async def services(tmp_path: Path) -> AsyncIterator[ServiceFactory]:
+async def services(tmp_path: Path, request: pytest.FixtureRequest) -> AsyncIterator[ServiceFactory]:
     """Start services with ``await services.start("worker", env)``; all stopped at teardown.
 
     At teardown each service's exit code and log tail are printed (pytest shows them with
     a failing test), then how each ended is checked: a non-clean exit, or an ERROR or
-    Traceback line the test did not declare with ``services.allow(pattern, reason)``,
-    fails the test (``tests/support/exits.py``).
+    Traceback line the test did not declare fails the test (``tests/support/exits.py``).
+    Declare them with ``@pytest.mark.service_errors(pattern, reason, service=None)`` on
+    the test (or a module's ``pytestmark``), or ``services.allow(...)`` in its body.
     """
     factory = ServiceFactory(tmp_path / "services", cwd=REPO)
+    for mark in request.node.iter_markers("service_errors"):
+        factory.allow(*mark.args, **mark.kwargs)
     try:
         yield factory
     finally:
