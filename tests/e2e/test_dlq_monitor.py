@@ -28,8 +28,6 @@ from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.e2e
 
-pytestmark = pytest.mark.e2e
-
 
 async def test_dead_letter_recorded_once_despite_duplicates_and_redelivery(
     monitor: ServiceProcess,

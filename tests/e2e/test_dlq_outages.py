@@ -28,9 +28,14 @@ from tests.support.pg import PgHandle
 from tests.support.procs import ServiceFactory, ServiceProcess
 from tests.support.waiting import wait_for
 
-pytestmark = pytest.mark.e2e
-
-pytestmark = pytest.mark.e2e
+pytestmark = [
+    pytest.mark.e2e,
+    pytest.mark.service_errors(
+        r'"logger":"asyncpg\.pool"',
+        "the tests stop Postgres: asyncpg's pool logs each failed refill with its traceback",
+        service="dlq-monitor",
+    ),
+]
 
 
 @pytest.fixture
