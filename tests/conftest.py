@@ -213,6 +213,11 @@ def pytest_configure(config: pytest.Config) -> None:
         "the regex `pattern` are expected from this test's services (or only `service`), "
         "because of `reason`; see tests/support/exits.py",
     )
+    config.addinivalue_line(
+        "markers",
+        "service_exits(reason, service=None): this test's services (or only `service`) "
+        "may end with any exit code, because of `reason`; their logs are still checked",
+    )
 
 
 @pytest.fixture
@@ -228,6 +233,8 @@ async def services(tmp_path: Path, request: pytest.FixtureRequest) -> AsyncItera
     factory = ServiceFactory(tmp_path / "services", cwd=REPO)
     for mark in request.node.iter_markers("service_errors"):
         factory.allow(*mark.args, **mark.kwargs)
+    for mark in request.node.iter_markers("service_exits"):
+        factory.expect_exits(*mark.args, **mark.kwargs)
     try:
         yield factory
     finally:

@@ -297,6 +297,20 @@ class ServiceFactory:
         self.started: list[ServiceProcess] = []
         self.allowed: list[exits.Allowance] = []
         self._later: list[tuple[str, exits.Allowance]] = []
+        self._exits: list[tuple[str | None, str]] = []
+
+    def expect_exits(self, reason: str, *, service: str | None = None) -> None:
+        """Let every process of this test (or of ``service``) end with any exit code.
+
+        For tests whose processes die by design (a handler that kills its worker);
+        ``reason`` says why. Their logs are still checked.
+        """
+        if not reason.strip():
+            raise ValueError("expect_exits needs a reason")
+        self._exits.append((service, reason))
+        for proc in self.started:
+            if service in (None, proc.name):
+                proc.expect_exit(reason)
 
     def allow(self, pattern: str, reason: str, *, service: str | None = None) -> None:
         """Accept ERROR/Traceback lines matching ``pattern`` (a regex) in this test's logs.
@@ -329,6 +343,9 @@ class ServiceFactory:
         log_path = self.log_dir / f"{name}-{len(self.started)}.log"
         proc = ServiceProcess(name, env, log_path, argv=argv, cwd=self.cwd)
         proc.allowed += [rule for svc, rule in self._later if svc == name]
+        for svc, reason in self._exits:
+            if svc in (None, name):
+                proc.expect_exit(reason)
         self.started.append(proc.start())
         if ready:
             await proc.wait_ready(timeout)
