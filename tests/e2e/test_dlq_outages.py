@@ -31,7 +31,7 @@ from tests.support.waiting import wait_for
 pytestmark = [
     pytest.mark.e2e,
     pytest.mark.service_errors(
-        r'"logger":"asyncpg\.pool"',
+        r'"event":"Failed to restore the pool connection floor; retrying","logger":"asyncpg\.pool"',
         "the tests stop Postgres: asyncpg's pool logs each failed refill with its traceback",
         service="dlq-monitor",
     ),

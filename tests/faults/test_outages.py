@@ -35,6 +35,14 @@ RECOVERY_S = 15.0
 """Tasks must complete within this long after the server is back (the issue's 30 s, halved)."""
 
 
+POOL_REFILL = pytest.mark.service_errors(
+    r'"event":"Failed to restore the pool connection floor; retrying","logger":"asyncpg\.pool"',
+    "the test stops Postgres: every service's asyncpg pool logs each failed refill of its "
+    "connection floor as a warning with the traceback",
+)
+"""What a Postgres stop makes every service log (declared by the tests that stop it)."""
+
+
 @pytest.fixture
 def database_url(embedded_database_url: str) -> str:
     """Every scenario here on a Postgres the test may stop (``embedded_pg``), even when
@@ -171,6 +179,7 @@ async def test_retry_gaps_respect_the_backoff(make_stack: MakeStack) -> None:
 
 
 @pytest.mark.parametrize("fault", ["pause", "restart"])
+@POOL_REFILL
 async def test_postgres_outage_while_recording_uses_no_attempt(
     make_stack: MakeStack, embedded_pg: PgHandle, fault: str
 ) -> None:
@@ -228,6 +237,7 @@ async def test_postgres_outage_while_recording_uses_no_attempt(
 
 
 @pytest.mark.parametrize("fault", ["pause", "restart"])
+@POOL_REFILL
 async def test_postgres_outage_longer_than_the_lease_does_not_abandon_a_live_attempt(
     make_stack: MakeStack, embedded_pg: PgHandle, fault: str
 ) -> None:
@@ -264,6 +274,7 @@ async def test_postgres_outage_longer_than_the_lease_does_not_abandon_a_live_att
 HOLD_CLAIM = 4_242_003
 
 
+@POOL_REFILL
 async def test_a_claim_that_commits_after_the_worker_gave_up_is_not_lost(
     make_stack: MakeStack, embedded_pg: PgHandle
 ) -> None:
