@@ -31,6 +31,8 @@ MAX_LINES = 20
 """Problem lines shown per service (the full log's path is shown with them)."""
 
 _PLAIN_LEVEL = re.compile(r"\b(ERROR|CRITICAL)\b")
+# The line that ends a plain traceback: "ValueError: ...", "| asyncpg.exceptions.X: ...".
+_RAISED = re.compile(r"^[\s|+]*[A-Za-z_][\w.]*(Error|Exception|Group|Exit|Interrupt)\b")
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,14 +67,40 @@ def is_error_line(line: str) -> bool:
     return bool(_PLAIN_LEVEL.search(line))
 
 
+def _raised(after: Sequence[str], *, group: bool) -> str | None:
+    """The exception a plain traceback ends with (an exception group's: its last one)."""
+    if not group:
+        return next((x for x in after if _RAISED.match(x)), None)
+    found = None
+    for x in after:
+        if not x[:1].isspace() and not x.startswith(("|", "+")):
+            break  # the group's block (indented, ``|``/``+`` framed) has ended
+        if _RAISED.match(x):
+            found = x
+    return found
+
+
 def error_lines(log: str, allowed: Iterable[Allowance]) -> list[str]:
-    """The lines of ``log`` that :func:`is_error_line` flags and no allowance matches."""
+    """The lines of ``log`` that :func:`is_error_line` flags and no allowance matches.
+
+    A plain (non-JSON) ``Traceback`` line is reported with the exception that ends it
+    (``Traceback (most recent call last):  => asyncpg...InternalClientError: ...``), and
+    allowances are matched against that text, so one can name the exception.
+    """
     rules = list(allowed)
-    return [
-        line
-        for line in log.splitlines()
-        if is_error_line(line) and not any(a.pattern.search(line) for a in rules)
-    ]
+    lines = log.splitlines()
+    out: list[str] = []
+    for i, line in enumerate(lines):
+        if not is_error_line(line):
+            continue
+        entry = line
+        if "Traceback" in line and not line.lstrip().startswith("{"):
+            raised = _raised(lines[i + 1 :], group="Exception Group" in line)
+            if raised is not None:
+                entry = f"{line.rstrip()}  => {raised.strip(' |+')}"
+        if not any(a.pattern.search(entry) for a in rules):
+            out.append(entry)
+    return out
 
 
 def exit_problem(
