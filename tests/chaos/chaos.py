@@ -364,6 +364,8 @@ async def chaos(seconds: float, rate: float, seed: int, base: Path) -> int:
             say(report.describe(limit=40))
         print(report.line(), flush=True)
         ok = report.ok and report.duplicates == 0 and report.all_terminal
+        if not ok:
+            say(f"FAILED with seed={seed}: CHAOS_SEED={seed} replays these choices")
         return 0 if ok else 1
     finally:
         with contextlib.suppress(Exception):

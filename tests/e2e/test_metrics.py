@@ -208,6 +208,11 @@ async def test_every_service_exports_its_declared_metrics(stack: Stack) -> None:
         assert families_of(registry) <= worker.families
 
 
+@pytest.mark.service_errors(
+    r'"event":"service_failed".*MetricsPortError',
+    "the test holds WORKER_METRICS_PORT: the worker's start fails on purpose",
+    service="worker",
+)
 async def test_metrics_port_in_use_is_a_clear_start_failure(
     env: dict[str, str], services: ServiceFactory
 ) -> None:

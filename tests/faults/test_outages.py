@@ -35,6 +35,21 @@ RECOVERY_S = 15.0
 """Tasks must complete within this long after the server is back (the issue's 30 s, halved)."""
 
 
+POOL_REFILL = pytest.mark.service_errors(
+    r'"event":"Failed to restore the pool connection floor; retrying","logger":"asyncpg\.pool"',
+    "the test stops Postgres: every service's asyncpg pool logs each failed refill of its "
+    "connection floor as a warning with the traceback",
+)
+"""What a Postgres stop makes every service log (declared by the tests that stop it)."""
+
+
+@pytest.fixture
+def database_url(embedded_database_url: str) -> str:
+    """Every scenario here on a Postgres the test may stop (``embedded_pg``), even when
+    ``TASKFLOW_TEST_DATABASE_URL``/``DATABASE_URL`` name an external server."""
+    return embedded_database_url
+
+
 def _pids(stack: Stack) -> list[int | None]:
     procs = [stack.api, stack.dispatcher, stack.dlq, *stack.workers]
     return [p.pid for p in procs if p is not None]
@@ -164,8 +179,9 @@ async def test_retry_gaps_respect_the_backoff(make_stack: MakeStack) -> None:
 
 
 @pytest.mark.parametrize("fault", ["pause", "restart"])
+@POOL_REFILL
 async def test_postgres_outage_while_recording_uses_no_attempt(
-    make_stack: MakeStack, pg_server: PgHandle, fault: str
+    make_stack: MakeStack, embedded_pg: PgHandle, fault: str
 ) -> None:
     """Scenario 6b: Postgres away for 3 s while a worker records an attempt.
 
@@ -173,12 +189,13 @@ async def test_postgres_outage_while_recording_uses_no_attempt(
     recovery. ack_wait is 10 s here, so the outage is under a third of the lease as in
     the issue (3 s against 30 s), instead of outlasting it.
     """
-    server = pg_server.require_embedded()
+    server = embedded_pg.require_embedded()
     stack = await make_stack(workers=1, env={"WORKER_ACK_WAIT": "10s"})
     async with VersionWatcher(stack.env["DATABASE_URL"]) as watcher:
         task = await stack.submit("test.sleep", {"sleep_s": 0.5})
         await stack.wait_status(task["id"], {"processing"}, timeout=15)
         # The handler ends 0.5 s after its start: the worker records during the outage.
+        down_db = await db_now(stack)
         if fault == "pause":
             server.pause()
         else:
@@ -200,8 +217,17 @@ async def test_postgres_outage_while_recording_uses_no_attempt(
         assert took <= RECOVERY_S
         execs = await executions(stack, task["id"])
         assert statuses(execs) == ["succeeded"], execs
-        # The fault hit the recording: the handler was done before Postgres came back.
-        assert execs[0]["started"] + dt.timedelta(seconds=0.5) < back_db
+        # The fault hit THIS task's recording: its handler ended inside the outage (after
+        # the fault began, before Postgres was back), and the recording committed only
+        # after the outage (finished_at is the recording's now(); the outage lasted at
+        # least OUTAGE_S from down_db on the same clock).
+        handler_done = execs[0]["started"] + dt.timedelta(seconds=0.5)
+        window = f"outage {down_db:%T.%f}..{back_db:%T.%f}, handler done {handler_done:%T.%f}"
+        assert down_db < handler_done < back_db, f"the handler did not end in the outage: {window}"
+        recorded = execs[0]["finished"]
+        assert recorded >= down_db + dt.timedelta(seconds=OUTAGE_S), (
+            f"recorded at {recorded:%T.%f}, before the outage ended ({window})"
+        )
         assert done["attempts"] == 1
         normal = await consumer_info(stack.env, "normal")
         assert normal.num_redelivered <= 1
@@ -211,8 +237,21 @@ async def test_postgres_outage_while_recording_uses_no_attempt(
 
 
 @pytest.mark.parametrize("fault", ["pause", "restart"])
+@POOL_REFILL
+@pytest.mark.service_exits(
+    "KNOWN BUG, not by design: after a Postgres restart the dispatcher's reaper can die "
+    "of asyncpg's InternalClientError ('another operation is in progress'), which is not "
+    "in taskflow_common.retry.OUTAGE (seen in 1 of 2 runs); this scenario's task is "
+    "already published, so nothing else notices. Remove once the reaper survives it.",
+    service="dispatcher",
+)
+@pytest.mark.service_errors(
+    r"Traceback \(most recent call last\):  => asyncpg\.exceptions\._base\.InternalClientError",
+    "the same known dispatcher bug (its crash traceback)",
+    service="dispatcher",
+)
 async def test_postgres_outage_longer_than_the_lease_does_not_abandon_a_live_attempt(
-    make_stack: MakeStack, pg_server: PgHandle, fault: str
+    make_stack: MakeStack, embedded_pg: PgHandle, fault: str
 ) -> None:
     """Scenario 6, harsher: Postgres away for 1.5 x the lease while a handler runs.
 
@@ -220,7 +259,7 @@ async def test_postgres_outage_longer_than_the_lease_does_not_abandon_a_live_att
     infrastructure blip must not be booked as a lost worker (an abandoned, counted
     attempt) nor start a second run on the other worker.
     """
-    server = pg_server.require_embedded()
+    server = embedded_pg.require_embedded()
     stack = await make_stack(workers=2)
     async with VersionWatcher(stack.env["DATABASE_URL"]) as watcher:
         task = await stack.submit("test.sleep", {"sleep_s": ACK_WAIT_S * 3})
@@ -247,8 +286,9 @@ async def test_postgres_outage_longer_than_the_lease_does_not_abandon_a_live_att
 HOLD_CLAIM = 4_242_003
 
 
+@POOL_REFILL
 async def test_a_claim_that_commits_after_the_worker_gave_up_is_not_lost(
-    make_stack: MakeStack, pg_server: PgHandle
+    make_stack: MakeStack, embedded_pg: PgHandle
 ) -> None:
     """Scenario 6, the claim's side: Postgres commits a claim its worker timed out on.
 
@@ -257,7 +297,7 @@ async def test_a_claim_that_commits_after_the_worker_gave_up_is_not_lost(
     then the claim commits anyway. The worker believed it failed and nak'd: the
     redelivery must run that attempt, not leave it to expire and count as a failure.
     """
-    server = pg_server.require_embedded()
+    server = embedded_pg.require_embedded()
     stack = await make_stack(workers=1, worker_env={"DB_STATEMENT_TIMEOUT": "1s"})
     worker = stack.workers[0]
     holder = await asyncpg.connect(stack.env["DATABASE_URL"])

@@ -165,9 +165,9 @@ async def test_embedded_postgres_starts_answers_restarts_and_stops(
     assert port_is_free(scratch_pg.port)
 
 
-async def test_embedded_postgres_pause_blocks_until_resume(pg_server: PgHandle) -> None:
-    server = pg_server.require_embedded()
-    conn = await asyncpg.connect(pg_server.admin_url)
+async def test_embedded_postgres_pause_blocks_until_resume(embedded_pg: PgHandle) -> None:
+    server = embedded_pg.require_embedded()
+    conn = await asyncpg.connect(embedded_pg.admin_url)
     try:
         server.pause()
         try:
@@ -177,7 +177,7 @@ async def test_embedded_postgres_pause_blocks_until_resume(pg_server: PgHandle) 
             server.resume()
     finally:
         conn.terminate()
-    conn = await asyncpg.connect(pg_server.admin_url)
+    conn = await asyncpg.connect(embedded_pg.admin_url)
     try:
         assert await conn.fetchval("SELECT 1") == 1
     finally:
