@@ -228,7 +228,8 @@ class AttemptRunner:
             log.warning("attempt_lost", reason=outcome.error)
             return "ack"
         backoff = Backoff()
-        deadline = time.monotonic() + max(60.0, self.settings.worker_ack_wait * 4)
+        give_up = self.settings.record_give_up or max(60.0, self.settings.worker_ack_wait * 4)
+        deadline = time.monotonic() + give_up
         while True:
             try:
                 if outcome.kind == "succeeded":
