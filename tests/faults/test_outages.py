@@ -313,7 +313,8 @@ async def test_a_claim_that_commits_after_the_worker_gave_up_is_not_lost(
 
 
 GIVE_UP_S = 4.0
-"""The worker's record give-up deadline, scaled down (the issue's max(60 s, 4 x ack_wait))."""
+"""The worker's former record give-up deadline, scaled down (the issue's max(60 s, 4 x
+ack_wait); ``WORKER_RECORD_GIVE_UP`` set it until the fix removed it)."""
 
 
 async def test_a_success_is_recorded_after_an_outage_longer_than_the_give_up_deadline(
@@ -329,9 +330,7 @@ async def test_a_success_is_recorded_after_an_outage_longer_than_the_give_up_dea
     """
     trace = tmp_path / "trace.jsonl"
     server = pg_server.require_embedded()
-    stack = await make_stack(
-        workers=1, env={"WORKER_MAX_ATTEMPTS": "1", "WORKER_RECORD_GIVE_UP": f"{GIVE_UP_S}s"}
-    )
+    stack = await make_stack(workers=1, env={"WORKER_MAX_ATTEMPTS": "1"})
     async with VersionWatcher(stack.env["DATABASE_URL"]) as watcher:
         task = await stack.submit("test.trace", {"sleep_s": 0.5, "trace": str(trace)})
         await stack.wait_status(task["id"], {"processing"}, timeout=15)

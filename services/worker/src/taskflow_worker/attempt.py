@@ -222,14 +222,20 @@ class AttemptRunner:
         return Outcome("succeeded", result_json=result_json)
 
     async def _record(self, running: Running, outcome: Outcome) -> str:
-        """Write the outcome, retrying through short Postgres outages; settle the message."""
+        """Write the outcome, retrying through Postgres outages however long; settle the message.
+
+        While it retries the attempt stays registered in :attr:`running`, so the
+        heartbeat keeps its message in progress and renews its lease as soon as Postgres
+        answers: a late write is safe (every statement is fenced by attempt), a success
+        is never thrown away for an outage and no attempt is used up by one. Only once
+        the shutdown grace is over does it give up (the process is exiting): the message
+        is nak'd and the attempt left to its lease.
+        """
         claim, msg = running.claim, running.msg
         if outcome.kind == "lost":
             log.warning("attempt_lost", reason=outcome.error)
             return "ack"
         backoff = Backoff()
-        give_up = self.settings.record_give_up or max(60.0, self.settings.worker_ack_wait * 4)
-        deadline = time.monotonic() + give_up
         while True:
             try:
                 if outcome.kind == "succeeded":
@@ -293,9 +299,9 @@ class AttemptRunner:
                     )
                     return "ack"
             except OUTAGE as exc:
-                if time.monotonic() > deadline:
-                    # Give up; the lease expires and the attempt is abandoned by the reaper.
-                    log.error("record_failed", error=repr(exc))
+                if self.grace_over:
+                    # Exiting: the lease expires and the attempt is abandoned by the reaper.
+                    log.error("record_failed", error=repr(exc), reason="shutdown grace over")
                     await settle(msg.nak(delay=redelivery_delay(msg)))
                     return "settled"
                 delay = backoff.failed()

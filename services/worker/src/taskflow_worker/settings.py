@@ -33,9 +33,6 @@ class WorkerSettings(CommonSettings):
     priority_max_wait: str = Field(DEFAULT_MAX_WAIT, alias="WORKER_PRIORITY_MAX_WAIT")
     metrics_port: int = Field(9101, alias="WORKER_METRICS_PORT", ge=0, le=65535)
     metrics_host: str = Field("127.0.0.1", alias="WORKER_METRICS_HOST", min_length=1)
-    record_give_up: Duration | None = Field(None, alias="WORKER_RECORD_GIVE_UP", gt=0)
-    """How long an outcome is retried through a Postgres outage before the worker gives
-    up on it (default ``max(60 s, 4 x WORKER_ACK_WAIT)``)."""
 
     @field_validator("priority_max_wait")
     @classmethod
