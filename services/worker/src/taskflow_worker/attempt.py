@@ -7,8 +7,9 @@ that outcome (retrying while Postgres is briefly away). Successes go to the
 and acks after the commit; failures, interrupts and cancels are recorded one by one.
 
 A running attempt is stopped from outside with :meth:`Running.stop`: a cancel request,
-a lost lease (see :mod:`taskflow_worker.heartbeat`) or the end of the shutdown grace.
-The reason decides how the attempt is recorded.
+a lost lease or one this worker could not renew in time (see
+:mod:`taskflow_worker.heartbeat`), or the end of the shutdown grace. The reason decides
+how the attempt is recorded.
 """
 
 from __future__ import annotations
@@ -40,18 +41,28 @@ from taskflow_worker.settings import WorkerSettings
 
 log = get_logger(__name__)
 
-StopReason = Literal["shutdown", "cancelled", "lease_lost"]
+StopReason = Literal["shutdown", "cancelled", "lease_lost", "lease_unrenewed"]
+
+LEASE_UNRENEWED = "lease not renewed; stopped"
+"""The error recorded for an attempt stopped because its lease could not be renewed."""
 
 
 @dataclass(eq=False)
 class Running:
-    """A claimed attempt whose handler is running in this process."""
+    """A claimed attempt whose handler is running in this process.
+
+    ``lease_from`` (monotonic seconds) is when the attempt's lease last started to run
+    at the latest: the time its claim or last successful renewal was *sent*, so the
+    lease in Postgres (counted from when the statement ran) ends no earlier than
+    ``lease_from + lease``.
+    """
 
     claim: Claim
     msg: Msg
     task: asyncio.Task[Any] | None = None
     stop_reason: StopReason | None = None
     started: float = field(default_factory=time.monotonic)
+    lease_from: float = field(default_factory=time.monotonic)
 
     def stop(self, reason: StopReason) -> None:
         """Cancel the handler, remembering why (decides how the attempt is recorded)."""
@@ -125,13 +136,16 @@ class AttemptRunner:
         self.grace_over = False
         """Set when the shutdown grace is over: no handler may start any more."""
 
-    async def run(self, claim: Claim, msg: Msg) -> str:
+    async def run(self, claim: Claim, msg: Msg, leased_at: float | None = None) -> str:
         """Run the handler for ``claim``, record the outcome; return ``ack`` or ``settled``.
 
-        ``ack``: the caller acks ``msg``; ``settled``: ``msg`` was already acked or nak'd.
-        Raises only for a bug (every outage is handled while recording).
+        ``leased_at`` is the monotonic time the claim was sent (its lease started no
+        earlier). ``ack``: the caller acks ``msg``; ``settled``: ``msg`` was already
+        acked or nak'd. Raises only for a bug (every outage is handled while recording).
         """
         running = Running(claim, msg)
+        if leased_at is not None:
+            running.lease_from = leased_at
         self.running.add(running)
         parent = tracing.extract(msg.headers)
         try:
@@ -201,6 +215,9 @@ class AttemptRunner:
                 return Outcome("interrupted", error="worker shutting down")
             if reason == "cancelled":
                 return Outcome("cancelled", error="cancelled by request")
+            if reason == "lease_unrenewed":
+                # Not counted: this worker lost Postgres, the task did nothing wrong.
+                return Outcome("interrupted", error=LEASE_UNRENEWED)
             return Outcome("lost", error="lease lost to another worker")
         exc = running.task.exception()
         if exc is not None:

@@ -16,6 +16,7 @@ uncertain claims) and their redelivery adopts the attempt
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
 
 import asyncpg
@@ -90,6 +91,7 @@ class Claims:
             if message is not None and message.task_id not in deliveries:
                 deliveries[message.task_id] = message.dispatch
         claims: BatchClaim | None = None
+        sent = time.monotonic()  # the claims' leases start no earlier
         if deliveries:
             claims = asyncio.ensure_future(self._claim_many(list(deliveries.items())))
         for priority, msg, message in decoded:
@@ -98,7 +100,7 @@ class Claims:
                 del deliveries[message.task_id]  # later copies are handled alone
                 shared = claims
             self.inflight += 1
-            task = asyncio.create_task(self.handle(priority, msg, shared, message))
+            task = asyncio.create_task(self.handle(priority, msg, shared, message, sent))
             self.handling.add(task)
             task.add_done_callback(self._handled)
 
@@ -122,11 +124,13 @@ class Claims:
         msg: Msg,
         claims: BatchClaim | None = None,
         message: TaskMessage | None = None,
+        sent: float | None = None,
     ) -> None:
         """Process one delivery end to end; always settles the message.
 
-        ``claims`` is the batch claim this delivery took part in (see :meth:`start`);
-        without it the delivery claims alone. ``message`` is ``msg`` already decoded.
+        ``claims`` is the batch claim this delivery took part in (see :meth:`start`),
+        sent at monotonic time ``sent``; without it the delivery claims alone.
+        ``message`` is ``msg`` already decoded.
         """
         if message is None:
             try:
@@ -136,7 +140,7 @@ class Claims:
                 return
         with bound(task_id=str(message.task_id)):
             try:
-                outcome = await self._claim_and_run(message, msg, claims)
+                outcome = await self._claim_and_run(message, msg, claims, sent)
             except OUTAGE as exc:
                 # Postgres away: usually the claim did not commit and no attempt was
                 # used; if it did commit unseen, the redelivery adopts it (see below).
@@ -186,14 +190,15 @@ class Claims:
         return claim
 
     async def _claim_and_run(
-        self, message: TaskMessage, msg: Msg, claims: BatchClaim | None
+        self, message: TaskMessage, msg: Msg, claims: BatchClaim | None, sent: float | None
     ) -> str:
         if claims is not None:
             # shield: this task's cancellation must not cancel the claim the others share.
             claimed = (await asyncio.shield(claims)).get(message.task_id)
             if claimed is not None:
                 self.uncertain.pop(message.task_id, None)
-                return await self.runner.run(claimed, msg)
+                return await self.runner.run(claimed, msg, sent)
+        sent = time.monotonic()  # a claim or adoption below starts its lease no earlier
         async with self.db.acquire() as conn:
             claim: Claim | Refusal
             if claims is not None:  # the batch claim refused it: ask why (the rare path)
@@ -213,7 +218,7 @@ class Claims:
                     await self._take_over(conn, message.task_id, claim)
                 log.debug("delivery_skipped", verdict=claim.verdict, dispatch=message.dispatch)
                 return "ack"
-        return await self.runner.run(claim, msg)
+        return await self.runner.run(claim, msg, sent)
 
     async def _take_over(
         self, conn: asyncpg.Connection, task_id: uuid.UUID, refusal: Refusal

@@ -5,12 +5,25 @@ one tells NATS each running message is still in progress (so it is not redeliver
 while its handler lives), the other renews the attempts' leases (so the reaper does not
 abandon them). An attempt whose lease is gone (taken over, or its task cancelled) is
 stopped with reason ``lease_lost``.
+
+A third duty, the lease watch, stops a handler whose lease this worker has not renewed
+for ``lease_s - margin`` (``margin`` = :data:`LEASE_MARGIN` x ``lease_s``) with reason
+``lease_unrenewed``: when only this worker has lost Postgres, the reaper abandons the
+attempt once its lease ends and another worker runs the retry, so the handler must be
+gone by then or two runs overlap. Its lease counts from when the last successful
+renewal was *sent* (:attr:`~taskflow_worker.attempt.Running.lease_from`), never later
+than Postgres counts it; the margin leaves the handler time to unwind. The attempt is
+then recorded ``interrupted`` ("lease not renewed; stopped", not counted) once Postgres
+answers, unless the reaper got there first. A Postgres outage seen by every worker
+stops their handlers the same way once it outlasts ``lease_s - margin``: a worker cannot
+tell the two apart, and never running twice at once comes first.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 
 from taskflow_common.bus import TRANSIENT_ERRORS as NATS_ERRORS
 from taskflow_common.db import Database
@@ -21,6 +34,9 @@ from taskflow_common.store import attempts
 from taskflow_worker.attempt import RunningAttempts
 
 log = get_logger(__name__)
+
+LEASE_MARGIN = 0.25
+"""Share of the lease left when an unrenewed attempt's handler is stopped."""
 
 
 class Heartbeat:
@@ -41,7 +57,9 @@ class Heartbeat:
         restarting; a statement may wait ``DB_STATEMENT_TIMEOUT``) must not hold back the
         ``in_progress()`` that stops NATS from redelivering a live attempt elsewhere.
         """
-        await asyncio.gather(self._progress_beat(done), self._lease_beat(done))
+        await asyncio.gather(
+            self._progress_beat(done), self._lease_beat(done), self._lease_watch(done)
+        )
 
     async def _progress_beat(self, done: asyncio.Event) -> None:
         while not done.is_set():
@@ -56,6 +74,7 @@ class Heartbeat:
             running = self.running.snapshot()
             if not running:
                 continue
+            sent = time.monotonic()
             try:
                 async with self.db.acquire() as conn:
                     alive = await attempts.renew_leases(
@@ -71,5 +90,29 @@ class Heartbeat:
                 log.error("lease_renew_failed", error=f"{exc.__class__.__name__}: {exc}")
                 continue
             for r in running:
-                if r.claim.execution_id not in alive and r.task is not None:
+                if r.claim.execution_id in alive:
+                    r.lease_from = max(r.lease_from, sent)
+                elif r.task is not None:
                     r.stop("lease_lost")
+
+    async def _lease_watch(self, done: asyncio.Event) -> None:
+        keep = self.lease_s * (1 - LEASE_MARGIN)
+        while not done.is_set():
+            now = time.monotonic()
+            next_check = now + self.interval_s
+            for r in self.running.snapshot():
+                due = r.lease_from + keep
+                if now < due:
+                    next_check = min(next_check, due)
+                elif r.task is not None and not r.task.done() and r.stop_reason is None:
+                    log.warning(
+                        "lease_not_renewed",
+                        task_id=str(r.claim.task_id),
+                        attempt=r.claim.attempt,
+                        unrenewed_s=round(now - r.lease_from, 3),
+                        lease_s=self.lease_s,
+                    )
+                    r.stop("lease_unrenewed")
+            # An attempt registered after this pass is due at least ``keep`` from now,
+            # later than ``interval_s``: waking at next_check never misses one.
+            await wait_any(done, None, max(0.01, next_check - time.monotonic()))
