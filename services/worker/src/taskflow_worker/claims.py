@@ -3,9 +3,17 @@
 A fetch's distinct task ids go into one batch claim (one round trip that also opens the
 execution rows and their leases). A delivery that did not claim is settled without
 running anything, after asking Postgres why (:func:`~taskflow_common.store.claims.diagnose`):
-terminal task or stale copy -> ack; attempt owned by a live worker -> ack; owner's lease
-expired -> the attempt is abandoned (counted) and the retry scheduled -> ack; unknown
-task -> dead-lettered.
+terminal task or stale copy -> ack; attempt owned by a live worker -> nak until its lease
+has run out (see below); owner's lease expired -> the attempt is abandoned (counted) and
+the retry scheduled -> ack; unknown task -> dead-lettered.
+
+An attempt "owned elsewhere" may be a phantom: a claim that committed while its worker
+saw an error, which that worker nak'd and nobody runs. Acking would drop the only copy
+of the message, so nobody could adopt the attempt and it would end abandoned (with
+``max_attempts=1``: failed, its handler never run). The delivery is nak'd with a delay
+covering the rest of the lease (:data:`LEASE_SLACK_S` more), so it comes back once the
+owner has either renewed the lease (it runs the attempt), adopted the attempt, or lost
+it. Only a delivery near ``max_deliver`` is acked, not to strand it in the stream.
 
 A claim that failed with an outage error may have committed anyway, leaving an open
 attempt owned by this process that nobody runs. Such deliveries are remembered (the
@@ -37,6 +45,9 @@ from taskflow_worker.delivery import DeadLetters, redelivery_delay, settle
 from taskflow_worker.settings import WorkerSettings
 
 log = get_logger(__name__)
+
+LEASE_SLACK_S = 1.0
+"""Seconds past an owner's lease end before a nak'd "owned elsewhere" delivery comes back."""
 
 UNCERTAIN_MAX = 10_000
 """Uncertain claims remembered at most (oldest forgotten first)."""
@@ -217,8 +228,16 @@ class Claims:
                 if claim.verdict == "lease_expired":
                     await self._take_over(conn, message.task_id, claim)
                 log.debug("delivery_skipped", verdict=claim.verdict, dispatch=message.dispatch)
+                if claim.verdict == "owned_elsewhere" and self._may_redeliver(msg):
+                    await settle(msg.nak(delay=max(0.0, claim.lease_left_s) + LEASE_SLACK_S))
+                    return "settled"
                 return "ack"
         return await self.runner.run(claim, msg, sent)
+
+    def _may_redeliver(self, msg: Msg) -> bool:
+        """True while ``msg`` has deliveries left before ``max_deliver`` (one kept spare)."""
+        delivered = msg.metadata.num_delivered or 1
+        return delivered < self.settings.worker_max_deliver - 1
 
     async def _take_over(
         self, conn: asyncpg.Connection, task_id: uuid.UUID, refusal: Refusal
