@@ -1,18 +1,23 @@
-"""Claims refused or revoked: the message outlives a phantom claim (issue 11 item 5).
+"""Claims refused or revoked: a phantom claim (issue 11 item 5), a late cancel (item 8).
 
 A claim can commit in Postgres while its worker sees an error (the case
 :func:`~taskflow_common.store.claims.adopt` exists for): the worker naks, and a second
 worker that receives the redelivery finds the attempt "owned elsewhere" by a live lease
 that nobody runs. The message must outlive that phantom claim, so that its owner can
 adopt it when it comes back.
+
+A cancel request is a core NATS message that every worker hears; one that arrives late,
+after the task was cancelled, retried and claimed again, must not stop the new attempt.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import asyncpg
+import nats
 import pytest
 
 from tests.faults.conftest import ACK_WAIT_S, MakeStack
@@ -119,3 +124,38 @@ async def test_an_owned_elsewhere_delivery_outlives_the_phantom_claim(
             report = await check_invariants(stack, [task["id"]], deadline_s=10, watcher=watcher)
         report.assert_ok()
         assert report.dead_letters == 0
+
+
+async def test_a_late_cancel_request_does_not_stop_the_next_attempt(make_stack: MakeStack) -> None:
+    """Issue 11 item 8: cancel -> retry -> a new claim, then the first cancel's message.
+
+    The late message names attempt 1 (as the API sends it once fenced by attempt); the
+    worker must leave attempt 2 running, and the task completes.
+    """
+    stack = await make_stack(workers=1)
+    async with VersionWatcher(stack.env["DATABASE_URL"]) as watcher:
+        task = await stack.submit("test.sleep", {"sleep_s": ACK_WAIT_S})
+        tid = task["id"]
+        await stack.wait_status(tid, {"processing"}, timeout=15)
+        resp = await stack.http.post(f"{stack.api_url}/tasks/{tid}/cancel")
+        assert resp.status_code == 200, resp.text
+        resp = await stack.http.post(f"{stack.api_url}/tasks/{tid}/retry")
+        assert resp.status_code == 200, resp.text
+
+        async def second_attempt() -> bool:
+            t = await stack.get(tid)
+            return t["status"] == "processing" and t["attempts"] == 2
+
+        await wait_for(second_attempt, 15, what="attempt 2 to run")
+        subject = f"{stack.env['NATS_SUBJECT_PREFIX']}.control.cancel"
+        nc = await nats.connect(stack.env["NATS_URL"])
+        try:
+            await nc.publish(subject, json.dumps({"task_id": tid, "attempt": 1}).encode())
+            await nc.flush()
+        finally:
+            await nc.close()
+        done = await stack.wait_status(tid, timeout=ACK_WAIT_S * 3 + 10)
+        assert done["status"] == "completed", done
+        assert statuses(await executions(stack, tid)) == ["cancelled", "succeeded"]
+        report = await check_invariants(stack, [tid], deadline_s=10, watcher=watcher)
+    report.assert_ok()
