@@ -43,6 +43,9 @@ log = get_logger(__name__)
 
 StopReason = Literal["shutdown", "cancelled", "lease_lost", "lease_unrenewed"]
 
+STALE_CANCEL = "stopped by a cancel request for a task no longer cancelled"
+"""The error recorded for an attempt stopped by a stale cancel request (given back)."""
+
 LEASE_UNRENEWED = "lease not renewed; stopped"
 """The error recorded for an attempt stopped because its lease could not be renewed."""
 
@@ -283,11 +286,19 @@ class AttemptRunner:
                         await settle(msg.nak())
                         return "settled"
                     if outcome.kind == "cancelled":
-                        await attempts.mark_cancelled(
+                        if await attempts.mark_cancelled(
                             conn, claim.task_id, claim.attempt, outcome.error
-                        )
-                        log.info("attempt_cancelled")
-                        return "ack"
+                        ) or not await attempts.interrupt(
+                            conn, claim.task_id, claim.attempt, STALE_CANCEL
+                        ):
+                            # Closed here or by the API's cancel itself.
+                            log.info("attempt_cancelled")
+                            return "ack"
+                        # The task was not cancelled (a stale request named no attempt):
+                        # give the attempt back, not counted, and run it again.
+                        log.warning("attempt_interrupted", reason=STALE_CANCEL)
+                        await settle(msg.nak())
+                        return "settled"
                     s = self.settings
                     failure = await attempts.fail(
                         conn,

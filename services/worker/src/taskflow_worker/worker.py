@@ -123,8 +123,13 @@ class Worker:
             except MalformedMessage:
                 return
             running = self.running.of_task(request.task_id)
-            if running is not None:
-                running.stop("cancelled")
+            if running is None:
+                return
+            if request.attempt is not None and request.attempt != running.claim.attempt:
+                # A late request for an earlier attempt (cancel -> retry -> new claim).
+                log.info("cancel_ignored", task_id=str(request.task_id), attempt=request.attempt)
+                return
+            running.stop("cancelled")
 
         await self.bus.nc.subscribe(names.wake_subject, cb=on_wake)
         await self.bus.nc.subscribe(names.cancel_subject, cb=on_cancel)
