@@ -15,10 +15,11 @@ how the attempt is recorded.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import time
 import uuid
+from asyncio import FIRST_COMPLETED
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -66,11 +67,13 @@ class Running:
     stop_reason: StopReason | None = None
     started: float = field(default_factory=time.monotonic)
     lease_from: float = field(default_factory=time.monotonic)
+    stopped: asyncio.Event = field(default_factory=asyncio.Event)
 
     def stop(self, reason: StopReason) -> None:
         """Cancel the handler, remembering why (decides how the attempt is recorded)."""
         if self.task is not None and not self.task.done():
             self.stop_reason = self.stop_reason or reason
+            self.stopped.set()
             self.task.cancel()
 
 
@@ -138,6 +141,10 @@ class AttemptRunner:
         self.tracer = trace.get_tracer("taskflow.worker")
         self.grace_over = False
         """Set when the shutdown grace is over: no handler may start any more."""
+        self.stuck_s = min(5.0, settings.worker_ack_wait / 2)
+        """Seconds a cancelled handler may take to end before it is abandoned as stuck."""
+        self.stuck: set[asyncio.Task[Any]] = set()
+        """Handlers abandoned as stuck that are still running (see :meth:`_await_handler`)."""
 
     async def run(self, claim: Claim, msg: Msg, leased_at: float | None = None) -> str:
         """Run the handler for ``claim``, record the outcome; return ``ack`` or ``settled``.
@@ -203,15 +210,14 @@ class AttemptRunner:
             # to Postgres): give the attempt back without running it.
             return Outcome("interrupted", error="worker shutting down")
         running.task = asyncio.ensure_future(fn(ctx, claim.payload))
-        done, _ = await asyncio.wait({running.task}, timeout=timeout)
-        if not done:
-            running.task.cancel()
-            with contextlib.suppress(BaseException):
-                await running.task
-            if running.stop_reason is None:
-                return Outcome(
-                    "failed", error=f"timed out after {timeout:g}s", error_type="TimeoutError"
-                )
+        ended = await self._await_handler(running, timeout)
+        if running.stop_reason is None and (not ended or running.task.cancelled()):
+            return Outcome(
+                "failed",
+                error=f"timed out after {timeout:g}s"
+                + ("" if ended else "; the handler ignored its cancellation (stuck)"),
+                error_type="TimeoutError",
+            )
         if running.task.cancelled() or running.stop_reason is not None:
             reason = running.stop_reason or "shutdown"
             if reason == "shutdown":
@@ -240,6 +246,39 @@ class AttemptRunner:
                 permanent=True,
             )
         return Outcome("succeeded", result_json=result_json)
+
+    async def _await_handler(self, running: Running, limit_s: float) -> bool:
+        """Wait for the handler to end, for ``limit_s`` s or until stopped; True if it ended.
+
+        A handler past its timeout (``limit_s``) is cancelled; a cancelled one (timeout or
+        :meth:`Running.stop`) gets :attr:`stuck_s` more seconds to unwind. One that
+        swallows its cancellation is then abandoned as stuck: logged at ERROR, kept in
+        :attr:`stuck` (it runs on; nothing can stop a coroutine that will not stop) and
+        recorded as its reason says, so its slot is freed and a drain can end.
+        """
+        task = running.task
+        assert task is not None
+        stopped = asyncio.ensure_future(running.stopped.wait())
+        try:
+            await asyncio.wait({task, stopped}, timeout=limit_s, return_when=FIRST_COMPLETED)
+        finally:
+            stopped.cancel()
+        if task.done():
+            return True
+        if running.stop_reason is None:
+            task.cancel()  # its timeout (stop() has cancelled it already otherwise)
+        await asyncio.wait({task}, timeout=self.stuck_s)
+        if task.done():
+            return True
+        log.error(
+            "handler_stuck",
+            reason=running.stop_reason or "timeout",
+            waited_s=self.stuck_s,
+            hint="the handler swallows asyncio.CancelledError; its coroutine keeps running",
+        )
+        self.stuck.add(task)
+        task.add_done_callback(_forget_stuck(self.stuck))
+        return False
 
     async def _record(self, running: Running, outcome: Outcome) -> str:
         """Write the outcome, retrying through Postgres outages however long; settle the message.
@@ -335,6 +374,15 @@ class AttemptRunner:
                 delay = backoff.failed()
                 log.warning("record_unavailable", error=repr(exc), retry_in_s=delay)
                 await asyncio.sleep(delay)  # back off before retrying the write
+
+
+def _forget_stuck(stuck: set[asyncio.Task[Any]]) -> Callable[[asyncio.Task[Any]], None]:
+    def forget(task: asyncio.Task[Any]) -> None:
+        stuck.discard(task)
+        if not task.cancelled():
+            task.exception()  # retrieved: no "exception was never retrieved" at exit
+
+    return forget
 
 
 @functools.lru_cache(maxsize=256)

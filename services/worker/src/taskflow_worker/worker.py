@@ -29,6 +29,8 @@ This module wires those parts together (:class:`Worker`) and is the service body
 from __future__ import annotations
 
 import asyncio
+import os
+import sys
 
 from nats.aio.msg import Msg
 from prometheus_client import CollectorRegistry
@@ -215,6 +217,7 @@ async def serve(settings: WorkerSettings, stop: asyncio.Event) -> None:
     except ImportError as exc:
         raise ConfigError([f"WORKER_HANDLERS={settings.handlers!r}: cannot import: {exc}"]) from exc
     pool_size = min(settings.concurrency + 2, max(settings.db_pool_max, 4))
+    worker: Worker | None = None
     try:
         async with (
             open_pool(settings, min_size=1, max_size=pool_size) as db,
@@ -236,3 +239,21 @@ async def serve(settings: WorkerSettings, stop: asyncio.Event) -> None:
     except UnavailableError:
         if not stop.is_set():
             raise
+    finally:
+        if worker is not None and worker.runner.stuck:
+            failing = sys.exc_info()[1] is not None
+            _exit_past_stuck_handlers(len(worker.runner.stuck), 1 if failing else 0)
+
+
+def _exit_past_stuck_handlers(count: int, code: int) -> None:
+    """End the process with ``code`` although handlers that ignore cancellation still run.
+
+    The event loop's shutdown cancels every remaining task and waits for each: a
+    handler that swallows ``CancelledError`` would hold the exit for ever. Their
+    attempts are recorded already and the connections closed, so exit now (skipping
+    the interpreter's own shutdown, and the last ``service_stopped`` line).
+    """
+    log.error("exiting_with_stuck_handlers", count=count, exit_code=code)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
