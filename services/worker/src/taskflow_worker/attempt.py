@@ -144,7 +144,7 @@ class AttemptRunner:
         self.stuck_s = min(5.0, settings.worker_ack_wait / 2)
         """Seconds a cancelled handler may take to end before it is abandoned as stuck."""
         self.stuck: set[asyncio.Task[Any]] = set()
-        """Handlers abandoned as stuck that are still running (see :meth:`_await_handler`)."""
+        """Handlers abandoned as stuck that are still running (see :func:`await_handler`)."""
 
     async def run(self, claim: Claim, msg: Msg, leased_at: float | None = None) -> str:
         """Run the handler for ``claim``, record the outcome; return ``ack`` or ``settled``.
@@ -210,7 +210,7 @@ class AttemptRunner:
             # to Postgres): give the attempt back without running it.
             return Outcome("interrupted", error="worker shutting down")
         running.task = asyncio.ensure_future(fn(ctx, claim.payload))
-        ended = await self._await_handler(running, timeout)
+        ended = await await_handler(running, timeout, self.stuck_s, self.stuck)
         if running.stop_reason is None and (not ended or running.task.cancelled()):
             return Outcome(
                 "failed",
@@ -246,39 +246,6 @@ class AttemptRunner:
                 permanent=True,
             )
         return Outcome("succeeded", result_json=result_json)
-
-    async def _await_handler(self, running: Running, limit_s: float) -> bool:
-        """Wait for the handler to end, for ``limit_s`` s or until stopped; True if it ended.
-
-        A handler past its timeout (``limit_s``) is cancelled; a cancelled one (timeout or
-        :meth:`Running.stop`) gets :attr:`stuck_s` more seconds to unwind. One that
-        swallows its cancellation is then abandoned as stuck: logged at ERROR, kept in
-        :attr:`stuck` (it runs on; nothing can stop a coroutine that will not stop) and
-        recorded as its reason says, so its slot is freed and a drain can end.
-        """
-        task = running.task
-        assert task is not None
-        stopped = asyncio.ensure_future(running.stopped.wait())
-        try:
-            await asyncio.wait({task, stopped}, timeout=limit_s, return_when=FIRST_COMPLETED)
-        finally:
-            stopped.cancel()
-        if task.done():
-            return True
-        if running.stop_reason is None:
-            task.cancel()  # its timeout (stop() has cancelled it already otherwise)
-        await asyncio.wait({task}, timeout=self.stuck_s)
-        if task.done():
-            return True
-        log.error(
-            "handler_stuck",
-            reason=running.stop_reason or "timeout",
-            waited_s=self.stuck_s,
-            hint="the handler swallows asyncio.CancelledError; its coroutine keeps running",
-        )
-        self.stuck.add(task)
-        task.add_done_callback(_forget_stuck(self.stuck))
-        return False
 
     async def _record(self, running: Running, outcome: Outcome) -> str:
         """Write the outcome, retrying through Postgres outages however long; settle the message.
@@ -374,6 +341,42 @@ class AttemptRunner:
                 delay = backoff.failed()
                 log.warning("record_unavailable", error=repr(exc), retry_in_s=delay)
                 await asyncio.sleep(delay)  # back off before retrying the write
+
+
+async def await_handler(
+    running: Running, limit_s: float, stuck_s: float, stuck: set[asyncio.Task[Any]]
+) -> bool:
+    """Wait for the handler to end, for ``limit_s`` s or until stopped; True if it ended.
+
+    A handler past its timeout (``limit_s``) is cancelled; a cancelled one (timeout or
+    :meth:`Running.stop`) gets ``stuck_s`` more seconds to unwind. One that swallows its
+    cancellation is then abandoned as stuck: logged at ERROR, added to ``stuck`` (it
+    runs on; nothing can stop a coroutine that will not stop) and recorded as its
+    reason says, so its slot is freed and a drain can end.
+    """
+    task = running.task
+    assert task is not None
+    stopped = asyncio.ensure_future(running.stopped.wait())
+    try:
+        await asyncio.wait({task, stopped}, timeout=limit_s, return_when=FIRST_COMPLETED)
+    finally:
+        stopped.cancel()
+    if task.done():
+        return True
+    if running.stop_reason is None:
+        task.cancel()  # its timeout (stop() has cancelled it already otherwise)
+    await asyncio.wait({task}, timeout=stuck_s)
+    if task.done():
+        return True
+    log.error(
+        "handler_stuck",
+        reason=running.stop_reason or "timeout",
+        waited_s=stuck_s,
+        hint="the handler swallows asyncio.CancelledError; its coroutine keeps running",
+    )
+    stuck.add(task)
+    task.add_done_callback(_forget_stuck(stuck))
+    return False
 
 
 def _forget_stuck(stuck: set[asyncio.Task[Any]]) -> Callable[[asyncio.Task[Any]], None]:
