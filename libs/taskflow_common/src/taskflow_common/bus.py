@@ -388,17 +388,24 @@ class Bus:
         """Seconds the oldest not-yet-delivered message of ``priority`` has waited.
 
         None when none waits. Read-only: the task consumer's delivered sequence, then
-        the first message on the priority's subject after it (``next_by_subj``); the
-        age is measured against the server's publish time. Raises
-        :class:`UnavailableError` when JetStream does not answer.
+        the first message on the priority's subject after it (``next_by_subj``). One
+        clock only, the server's: the age is the consumer info's server time (``ts``,
+        NATS >= 2.10) minus the message's publish time, so a worker whose wall clock is
+        off does not promote too early or too late. Raises :class:`UnavailableError`
+        when JetStream does not answer.
         """
         stream, subject = self.names.stream, self.names.task_subject(priority)
+        consumer = self.names.consumer(priority)
         try:
-            info = await self.js.consumer_info(stream, self.names.consumer(priority))
-            if not info.num_pending:
-                return None
+            # The raw API answer: nats-py's ConsumerInfo drops the server time ``ts``.
+            resp = await self.nc.request(
+                f"{api.DEFAULT_PREFIX}.CONSUMER.INFO.{stream}.{consumer}", b"", timeout=5
+            )
+            info = orjson.loads(resp.data)
+            if "error" in info or not info.get("num_pending"):
+                return None  # no such consumer (yet), or nothing waits
             msg = await self.js.get_msg(
-                stream, seq=info.delivered.stream_seq + 1, subject=subject, next=True
+                stream, seq=info["delivered"]["stream_seq"] + 1, subject=subject, next=True
             )
         except nats.js.errors.NotFoundError:
             return None
@@ -406,7 +413,18 @@ class Bus:
             raise UnavailableError(f"jetstream unavailable: {exc!r}") from exc
         if msg.time is None:
             return None
-        return max(0.0, (dt.datetime.now(dt.UTC) - msg.time).total_seconds())
+        server_now = _server_time(info.get("ts")) or dt.datetime.now(dt.UTC)
+        return max(0.0, (server_now - msg.time).total_seconds())
+
+
+def _server_time(value: object) -> dt.datetime | None:
+    """Parse a JetStream API timestamp (RFC 3339, nanoseconds); None when absent or bad."""
+    if not isinstance(value, str):
+        return None
+    try:
+        return dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return None
 
 
 # Status codes the server sends on a pull inbox (nats-server ``jsStatus*``).
