@@ -6,10 +6,10 @@ that outcome (retrying while Postgres is briefly away). Successes go to the
 :class:`~taskflow_worker.completions.Completions` writer, which records them in batches
 and acks after the commit; failures, interrupts and cancels are recorded one by one.
 
-A running attempt is stopped from outside with :meth:`Running.stop`: a cancel request,
-a lost lease or one this worker could not renew in time (see
-:mod:`taskflow_worker.heartbeat`), or the end of the shutdown grace. The reason decides
-how the attempt is recorded.
+A running attempt (:mod:`taskflow_worker.running`) is stopped from outside with
+:meth:`~taskflow_worker.running.Running.stop`: a cancel request, a lost lease or one this
+worker could not renew in time (see :mod:`taskflow_worker.heartbeat`), or the end of the
+shutdown grace. The reason decides how the attempt is recorded.
 """
 
 from __future__ import annotations
@@ -17,10 +17,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import time
-import uuid
-from asyncio import FIRST_COMPLETED
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import orjson
@@ -38,43 +35,18 @@ from taskflow_worker.completions import Completions, UnstorableResult
 from taskflow_worker.delivery import redelivery_delay, settle
 from taskflow_worker.handlers import PermanentError, TaskContext, lookup
 from taskflow_worker.metrics import WorkerMetrics
+from taskflow_worker.running import Running, RunningAttempts, await_handler
 from taskflow_worker.settings import WorkerSettings
 
-log = get_logger(__name__)
+__all__ = ["AttemptRunner", "Outcome", "Running", "RunningAttempts"]
 
-StopReason = Literal["shutdown", "cancelled", "lease_lost", "lease_unrenewed"]
+log = get_logger(__name__)
 
 STALE_CANCEL = "stopped by a cancel request for a task no longer cancelled"
 """The error recorded for an attempt stopped by a stale cancel request (given back)."""
 
 LEASE_UNRENEWED = "lease not renewed; stopped"
 """The error recorded for an attempt stopped because its lease could not be renewed."""
-
-
-@dataclass(eq=False)
-class Running:
-    """A claimed attempt whose handler is running in this process.
-
-    ``lease_from`` (monotonic seconds) is when the attempt's lease last started to run
-    at the latest: the time its claim or last successful renewal was *sent*, so the
-    lease in Postgres (counted from when the statement ran) ends no earlier than
-    ``lease_from + lease``.
-    """
-
-    claim: Claim
-    msg: Msg
-    task: asyncio.Task[Any] | None = None
-    stop_reason: StopReason | None = None
-    started: float = field(default_factory=time.monotonic)
-    lease_from: float = field(default_factory=time.monotonic)
-    stopped: asyncio.Event = field(default_factory=asyncio.Event)
-
-    def stop(self, reason: StopReason) -> None:
-        """Cancel the handler, remembering why (decides how the attempt is recorded)."""
-        if self.task is not None and not self.task.done():
-            self.stop_reason = self.stop_reason or reason
-            self.stopped.set()
-            self.task.cancel()
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,40 +58,6 @@ class Outcome:
     error: str = ""
     error_type: str = ""
     permanent: bool = False
-
-
-class RunningAttempts:
-    """The attempts of this process that may still report an outcome, by execution and task.
-
-    An attempt is in here from its claim until its outcome is recorded; the heartbeat
-    renews their leases, a cancel request finds its attempt by task id.
-    """
-
-    def __init__(self) -> None:
-        self._by_execution: dict[uuid.UUID, Running] = {}
-        self._by_task: dict[uuid.UUID, Running] = {}
-
-    def __len__(self) -> int:
-        return len(self._by_execution)
-
-    def add(self, running: Running) -> None:
-        """Register ``running`` under its execution id and its task id."""
-        self._by_execution[running.claim.execution_id] = running
-        self._by_task[running.claim.task_id] = running
-
-    def discard(self, running: Running) -> None:
-        """Forget ``running`` (its task id only while it is still the one registered)."""
-        self._by_execution.pop(running.claim.execution_id, None)
-        if self._by_task.get(running.claim.task_id) is running:
-            del self._by_task[running.claim.task_id]
-
-    def of_task(self, task_id: uuid.UUID) -> Running | None:
-        """The attempt of ``task_id`` running here, if any."""
-        return self._by_task.get(task_id)
-
-    def snapshot(self) -> list[Running]:
-        """Every registered attempt, oldest first (a copy: safe to iterate while awaiting)."""
-        return list(self._by_execution.values())
 
 
 class AttemptRunner:
@@ -253,7 +191,9 @@ class AttemptRunner:
         While it retries the attempt stays registered in :attr:`running`, so the
         heartbeat keeps its message in progress and renews its lease as soon as Postgres
         answers: a late write is safe (every statement is fenced by attempt), a success
-        is never thrown away for an outage and no attempt is used up by one. Only once
+        is never thrown away for an outage and no attempt is used up by one. Any other
+        error of one try is logged (``loop_failed``), counted in
+        ``taskflow_loop_errors_total{loop="record"}`` and retried the same way. Only once
         the shutdown grace is over does it give up (the process is exiting): the message
         is nak'd and the attempt left to its lease.
         """
@@ -262,6 +202,7 @@ class AttemptRunner:
             log.warning("attempt_lost", reason=outcome.error)
             return "ack"
         backoff = Backoff()
+        errors_backoff = Backoff(max_s=30.0)  # a lasting error is logged less often
         while True:
             try:
                 if outcome.kind == "succeeded":
@@ -341,51 +282,25 @@ class AttemptRunner:
                 delay = backoff.failed()
                 log.warning("record_unavailable", error=repr(exc), retry_in_s=delay)
                 await asyncio.sleep(delay)  # back off before retrying the write
-
-
-async def await_handler(
-    running: Running, limit_s: float, stuck_s: float, stuck: set[asyncio.Task[Any]]
-) -> bool:
-    """Wait for the handler to end, for ``limit_s`` s or until stopped; True if it ended.
-
-    A handler past its timeout (``limit_s``) is cancelled; a cancelled one (timeout or
-    :meth:`Running.stop`) gets ``stuck_s`` more seconds to unwind. One that swallows its
-    cancellation is then abandoned as stuck: logged at ERROR, added to ``stuck`` (it
-    runs on; nothing can stop a coroutine that will not stop) and recorded as its
-    reason says, so its slot is freed and a drain can end.
-    """
-    task = running.task
-    assert task is not None
-    stopped = asyncio.ensure_future(running.stopped.wait())
-    try:
-        await asyncio.wait({task, stopped}, timeout=limit_s, return_when=FIRST_COMPLETED)
-    finally:
-        stopped.cancel()
-    if task.done():
-        return True
-    if running.stop_reason is None:
-        task.cancel()  # its timeout (stop() has cancelled it already otherwise)
-    await asyncio.wait({task}, timeout=stuck_s)
-    if task.done():
-        return True
-    log.error(
-        "handler_stuck",
-        reason=running.stop_reason or "timeout",
-        waited_s=stuck_s,
-        hint="the handler swallows asyncio.CancelledError; its coroutine keeps running",
-    )
-    stuck.add(task)
-    task.add_done_callback(_forget_stuck(stuck))
-    return False
-
-
-def _forget_stuck(stuck: set[asyncio.Task[Any]]) -> Callable[[asyncio.Task[Any]], None]:
-    def forget(task: asyncio.Task[Any]) -> None:
-        stuck.discard(task)
-        if not task.cancelled():
-            task.exception()  # retrieved: no "exception was never retrieved" at exit
-
-    return forget
+            except Exception as exc:
+                # Not an outage (a deadlock, a trigger or constraint refusing one row, a
+                # bug): the loop's contract still holds. Logged with its class, counted,
+                # backed off and tried again; the outcome is never dropped for it.
+                if self.grace_over:
+                    log.error("record_failed", error=repr(exc), reason="shutdown grace over")
+                    await settle(msg.nak(delay=redelivery_delay(msg)))
+                    return "settled"
+                delay = errors_backoff.failed()
+                log.error(
+                    "loop_failed",
+                    exc=True,
+                    loop="record",
+                    error_class=type(exc).__name__,
+                    error=repr(exc)[:500],
+                    retry_in_s=delay,
+                )
+                self.metrics.loop_errors.count("record", exc)
+                await asyncio.sleep(delay)
 
 
 @functools.lru_cache(maxsize=256)

@@ -40,8 +40,9 @@ from taskflow_common.store import attempts
 from taskflow_common.store import claims as claim_store
 from taskflow_common.store.claims import Claim, Refusal
 from taskflow_common.subjects import Priority
-from taskflow_worker.attempt import AttemptRunner, RunningAttempts
+from taskflow_worker.attempt import AttemptRunner
 from taskflow_worker.delivery import DeadLetters, redelivery_delay, settle
+from taskflow_worker.running import RunningAttempts
 from taskflow_worker.settings import WorkerSettings
 
 log = get_logger(__name__)

@@ -40,12 +40,13 @@ from taskflow_common.db import Database, open_pool
 from taskflow_common.errors import ConfigError, MalformedMessage, UnavailableError
 from taskflow_common.lifecycle import ready, wait_any
 from taskflow_common.logs import get_logger
+from taskflow_common.loops import run_loop
 from taskflow_common.messages import CancelRequest
 from taskflow_common.metrics import new_registry
 from taskflow_common.metrics import serve as serve_metrics
-from taskflow_common.retry import OUTAGE, Backoff
+from taskflow_common.retry import Backoff
 from taskflow_common.subjects import PRIORITIES, Priority
-from taskflow_worker.attempt import AttemptRunner, RunningAttempts
+from taskflow_worker.attempt import AttemptRunner
 from taskflow_worker.claims import Claims
 from taskflow_worker.completions import Completions
 from taskflow_worker.delivery import DeadLetters
@@ -53,6 +54,7 @@ from taskflow_worker.fetcher import Fetcher
 from taskflow_worker.handlers import load_modules
 from taskflow_worker.heartbeat import Heartbeat
 from taskflow_worker.metrics import WorkerMetrics
+from taskflow_worker.running import RunningAttempts
 from taskflow_worker.settings import WorkerSettings
 
 log = get_logger(__name__)
@@ -83,6 +85,7 @@ class Worker:
             self.running,
             lease_s=settings.worker_ack_wait,
             interval_s=max(0.2, settings.worker_ack_wait / 3),
+            errors=self.metrics.loop_errors,
         )
         self.doorbell = asyncio.Event()
         self.fetcher: Fetcher | None = None
@@ -139,34 +142,38 @@ class Worker:
     # -- fetching -------------------------------------------------------------------------
 
     async def fetch_loop(self, stop: asyncio.Event) -> None:
-        """Fetch into free slots until ``stop``; spawn one handling task per message."""
+        """Fetch into free slots until ``stop``; spawn one handling task per message.
+
+        A pass that raises (an outage, or anything else: a consumer that cannot be
+        reconciled, a bug) is logged, counted and backed off by
+        :func:`~taskflow_common.loops.run_loop`; the loop goes on.
+        """
+
+        async def once() -> None:
+            await self._fetch_once(stop)
+
+        await run_loop("fetch", once, stop, errors=self.metrics.loop_errors)
+
+    async def _fetch_once(self, stop: asyncio.Event) -> None:
         assert self.fetcher is not None
-        backoff = Backoff()
         claims = self.claims
-        while not stop.is_set():
-            free = self.settings.concurrency - claims.inflight
-            if free <= 0:
-                claims.slot_free.clear()
-                await wait_any(stop, claims.slot_free, 1.0)
-                continue
-            self.doorbell.clear()
-            try:
-                batch = await self.fetcher.fetch(free)
-            except ConsumerGone as exc:
-                log.warning("consumer_gone", error=str(exc))
-                await self.reconcile(stop)
-                continue
-            except OUTAGE as exc:
-                delay = backoff.failed()
-                log.warning("fetch_unavailable", error=repr(exc), retry_in_s=delay)
-                await wait_any(stop, None, delay)
-                continue
-            backoff.reset()
-            self.metrics.fetch_round([p for p, _ in batch])
-            if not batch:
-                await wait_any(stop, self.doorbell, self.settings.poll_timeout)
-                continue
-            claims.start(batch)
+        free = self.settings.concurrency - claims.inflight
+        if free <= 0:
+            claims.slot_free.clear()
+            await wait_any(stop, claims.slot_free, 1.0)
+            return
+        self.doorbell.clear()
+        try:
+            batch = await self.fetcher.fetch(free)
+        except ConsumerGone as exc:
+            log.warning("consumer_gone", error=str(exc))
+            await self.reconcile(stop)
+            return
+        self.metrics.fetch_round([p for p, _ in batch])
+        if not batch:
+            await wait_any(stop, self.doorbell, self.settings.poll_timeout)
+            return
+        claims.start(batch)
 
     # -- shutdown -------------------------------------------------------------------------
 
