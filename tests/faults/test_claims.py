@@ -92,7 +92,7 @@ async def test_an_owned_elsewhere_delivery_outlives_the_phantom_claim(
                         WHERE locktype = 'advisory' AND objid = $1 AND NOT granted""",
                     HOLD_CLAIM,
                 )
-                return n == 1
+                return bool(n == 1)
 
             await wait_for(claim_waiting, 15, what="worker-a's claim to wait on the lock")
             proxy.cut()
@@ -144,7 +144,7 @@ async def test_a_late_cancel_request_does_not_stop_the_next_attempt(make_stack: 
 
         async def second_attempt() -> bool:
             t = await stack.get(tid)
-            return t["status"] == "processing" and t["attempts"] == 2
+            return bool(t["status"] == "processing" and t["attempts"] == 2)
 
         await wait_for(second_attempt, 15, what="attempt 2 to run")
         subject = f"{stack.env['NATS_SUBJECT_PREFIX']}.control.cancel"
