@@ -9,13 +9,17 @@ completion races the redelivery) never produces two overlapping runs.
 from __future__ import annotations
 
 import asyncio
+import time
+from pathlib import Path
 
 import pytest
 
 from tests.faults.conftest import ACK_WAIT_S, BACKOFF_BASE_S, MakeStack, worker_of
 from tests.support.faults import consumer_info, db_now, executions, statuses, stream_info
 from tests.support.invariants import VersionWatcher, check_invariants
+from tests.support.tcpproxy import TcpProxy
 from tests.support.timing import floor_plus
+from tests.support.traces import overlapping, runs
 from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.faults
@@ -141,3 +145,47 @@ async def test_handlers_blocking_for_exactly_ack_wait_never_overlap(
     print(report.describe(), f"executions={report.executions}")
     report.assert_ok()
     assert report.duplicates == 0
+
+
+async def test_a_worker_that_cannot_renew_its_lease_stops_its_handler(
+    make_stack: MakeStack, tmp_path: Path
+) -> None:
+    """Issue 11 item 4: only this worker loses Postgres (a cut proxy) while its handler runs.
+
+    The dispatcher's reaper and a second worker keep Postgres: the attempt's lease runs
+    out, the reaper abandons it and the second worker runs the retry. The first worker
+    must stop its handler before its lease ends, so the two runs never overlap.
+    """
+    trace = tmp_path / "trace.jsonl"
+    stack = await make_stack(workers=0)
+    async with TcpProxy.for_url(stack.env["DATABASE_URL"]) as proxy:
+        cut_off = await stack.start_worker(
+            {
+                "WORKER_ID": "worker-cut",
+                "DATABASE_URL": proxy.url(stack.env["DATABASE_URL"]),
+                "WORKER_CONCURRENCY": "1",
+            }
+        )
+        async with VersionWatcher(stack.env["DATABASE_URL"]) as watcher:
+            task = await stack.submit(
+                "test.trace", {"sleep_s": ACK_WAIT_S * 3, "trace": str(trace)}
+            )
+            await stack.wait_status(task["id"], {"processing"}, timeout=15)
+            await stack.start_worker({"WORKER_ID": "worker-ok"})
+            proxy.cut()
+            try:
+                done = await stack.wait_status(task["id"], timeout=ACK_WAIT_S * 6 + 15)
+            finally:
+                proxy.restore()
+            assert done["status"] == "completed", done
+            found = runs(trace, task["id"])
+            assert [(r.worker, r.how) for r in found] == [
+                ("worker-cut", "cancelled"),
+                ("worker-ok", "returned"),
+            ], found
+            assert overlapping(found, time.time()) == [], found
+            execs = await executions(stack, task["id"])
+            assert statuses(execs) == ["abandoned", "succeeded"], execs
+            report = await check_invariants(stack, [task["id"]], deadline_s=15, watcher=watcher)
+        report.assert_ok()
+        assert cut_off.events("lease_not_renewed")

@@ -14,6 +14,7 @@ import itertools
 import os
 import signal
 import time
+from pathlib import Path
 from typing import Any
 
 import asyncpg
@@ -25,6 +26,7 @@ from tests.support.faults import consumer_info, db_now, executions, statuses
 from tests.support.invariants import VersionWatcher, check_invariants
 from tests.support.pg import PgHandle
 from tests.support.stack import Stack, parse_ts
+from tests.support.traces import runs
 from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.faults
@@ -255,9 +257,12 @@ async def test_postgres_outage_longer_than_the_lease_does_not_abandon_a_live_att
 ) -> None:
     """Scenario 6, harsher: Postgres away for 1.5 x the lease while a handler runs.
 
-    The worker is alive throughout and renews its lease as soon as Postgres is back; an
-    infrastructure blip must not be booked as a lost worker (an abandoned, counted
-    attempt) nor start a second run on the other worker.
+    The worker is alive throughout; an infrastructure blip must not be booked as a lost
+    worker (an abandoned, counted attempt) nor start a second run alongside the first.
+    Since issue 11 item 4 a worker stops a handler whose lease it could not renew for
+    3/4 of the lease (it cannot tell an outage of its own, after which the reaper
+    abandons the attempt, from everyone's), so the attempt ends ``interrupted`` (not
+    counted) and the task runs again once Postgres is back.
     """
     server = embedded_pg.require_embedded()
     stack = await make_stack(workers=2)
@@ -277,8 +282,10 @@ async def test_postgres_outage_longer_than_the_lease_does_not_abandon_a_live_att
                 server.start()
         done = await stack.wait_status(task["id"], timeout=ACK_WAIT_S * 3 + RECOVERY_S)
         assert done["status"] == "completed", done
+        assert done["failed_attempts"] == 0
         execs = await executions(stack, task["id"])
-        assert statuses(execs) == ["succeeded"], execs
+        assert statuses(execs) == ["interrupted", "succeeded"], execs
+        assert execs[0]["error"] == "lease not renewed; stopped"
         report = await check_invariants(stack, [task["id"]], deadline_s=10, watcher=watcher)
     report.assert_ok()
 
@@ -348,3 +355,40 @@ async def test_a_claim_that_commits_after_the_worker_gave_up_is_not_lost(
         report.assert_ok()
     finally:
         await holder.close()
+
+
+GIVE_UP_S = 4.0
+"""The worker's former record give-up deadline, scaled down (the issue's max(60 s, 4 x
+ack_wait); ``WORKER_RECORD_GIVE_UP`` set it until the fix removed it)."""
+
+
+async def test_a_success_is_recorded_after_an_outage_longer_than_the_give_up_deadline(
+    make_stack: MakeStack, pg_server: PgHandle, tmp_path: Path
+) -> None:
+    """Issue 11 item 1: the handler succeeded, then Postgres is away 2 x the give-up deadline.
+
+    The issue's ~2 minutes against ``max(60 s, 4 x ack_wait)``, scaled to 8 s against 4 s.
+    A success thrown away is either abandoned (with ``max_attempts=1`` the task ends
+    ``failed`` and dead-lettered) or, when the redelivery comes back to the same worker
+    first, run a second time. It must instead be recorded once Postgres is back: one
+    run of the handler, no attempt used.
+    """
+    trace = tmp_path / "trace.jsonl"
+    server = pg_server.require_embedded()
+    stack = await make_stack(workers=1, env={"WORKER_MAX_ATTEMPTS": "1"})
+    async with VersionWatcher(stack.env["DATABASE_URL"]) as watcher:
+        task = await stack.submit("test.trace", {"sleep_s": 0.5, "trace": str(trace)})
+        await stack.wait_status(task["id"], {"processing"}, timeout=15)
+        server.stop(mode="fast")
+        try:
+            await asyncio.sleep(GIVE_UP_S * 2)  # the outage's duration (the fault itself)
+        finally:
+            server.start()
+        done = await stack.wait_status(task["id"], timeout=RECOVERY_S)
+        assert done["status"] == "completed", done
+        assert (done["attempts"], done["failed_attempts"]) == (1, 0)
+        assert statuses(await executions(stack, task["id"])) == ["succeeded"]
+        assert [r.how for r in runs(trace)] == ["returned"]
+        report = await check_invariants(stack, [task["id"]], deadline_s=10, watcher=watcher)
+    report.assert_ok()
+    assert report.dead_letters == 0

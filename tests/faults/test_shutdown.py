@@ -185,3 +185,41 @@ async def test_sigterm_while_a_claim_is_in_flight_still_respects_the_grace(
         report.assert_ok()
     finally:
         await holder.close()
+
+
+async def test_a_handler_that_ignores_its_timeout_is_abandoned_as_stuck(
+    make_stack: MakeStack,
+) -> None:
+    """Issue 11, smaller: a handler swallows ``CancelledError`` after its timeout.
+
+    The worker must not wait for it for ever (its lease renewed the whole time): the
+    attempt is recorded as timed out, the slot freed, an ERROR names the task.
+    """
+    stack = await make_stack(workers=1, worker_env={"WORKER_CONCURRENCY": "1"})
+    worker = stack.workers[0]
+    stuck = await stack.submit("test.stubborn", {}, timeout_s=1, max_attempts=1)
+    done = await stack.wait_status(stuck["id"], timeout=15)
+    assert done["status"] == "failed", done
+    execs = await executions(stack, stuck["id"])
+    assert statuses(execs) == ["failed"]
+    assert "timed out" in execs[0]["error"]
+    assert any(e.get("task_id") == stuck["id"] for e in worker.events("handler_stuck"))
+    # The slot is free again: the next task runs.
+    after = await stack.submit("demo", {"n": 1})
+    assert (await stack.wait_status(after["id"], timeout=15))["status"] == "completed"
+
+
+async def test_sigterm_with_a_handler_that_ignores_cancellation_still_exits(
+    make_stack: MakeStack,
+) -> None:
+    """Issue 11, smaller: drain must end although a handler swallows ``CancelledError``."""
+    stack = await make_stack(workers=1)
+    worker = stack.workers[0]
+    task = await stack.submit("test.stubborn", {})
+    await stack.wait_status(task["id"], {"processing"}, timeout=15)
+    worker.terminate()
+    # The grace, then at most a few seconds for the stuck handler: not the harness's kill.
+    assert await worker.wait(timeout=GRACE_S + 5) == 0
+    execs = await executions(stack, task["id"])
+    assert statuses(execs) == ["interrupted"]
+    assert any(e.get("task_id") == task["id"] for e in worker.events("handler_stuck"))

@@ -207,18 +207,19 @@ class CancelResource:
         async with self._deps.database().acquire() as conn:
             result = await store.cancel(conn, tid)
         if result.stopped_attempt is not None:
-            await self._tell_worker(tid)
+            await self._tell_worker(tid, result.stopped_attempt)
         resp.media = {"task": task_json(result.task)}
         log.info("task_cancelled", task_id=task_id, running_attempt=result.stopped_attempt)
 
-    async def _tell_worker(self, task_id: uuid.UUID) -> None:
+    async def _tell_worker(self, task_id: uuid.UUID, attempt: int) -> None:
         bus = self._deps.bus
         if bus is None or not bus.connected:
             log.warning("cancel_not_published", task_id=str(task_id), reason="nats not connected")
             return
         try:
             # Core NATS, fire and forget: every worker hears it; the owner acts.
-            await bus.nc.publish(bus.names.cancel_subject, CancelRequest(task_id).encode())
+            request = CancelRequest(task_id, attempt)
+            await bus.nc.publish(bus.names.cancel_subject, request.encode())
         except NATS_ERRORS as exc:
             log.warning("cancel_not_published", task_id=str(task_id), error=repr(exc))
 

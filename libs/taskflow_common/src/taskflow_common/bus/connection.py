@@ -192,7 +192,7 @@ class Bus:
     async def oldest_waiting(self, priority: Priority) -> float | None:
         """Seconds the oldest undelivered message of ``priority`` has waited (None: none);
         raises UnavailableError (:func:`taskflow_common.bus.streams.oldest_waiting`)."""
-        return await streams.oldest_waiting(self.js, self.names, priority)
+        return await streams.oldest_waiting(self.nc, self.js, self.names, priority)
 
     # -- publishing (taskflow_common.bus.publish) ---------------------------------------
 

@@ -24,6 +24,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import nats.js.errors
+from nats.aio.client import Client as NATS
 from nats.js import api
 from nats.js.client import JetStreamContext
 
@@ -322,21 +323,30 @@ def _consumer_diff(have: api.ConsumerConfig, want: api.ConsumerConfig) -> dict[s
     return diff
 
 
-async def oldest_waiting(js: JetStreamContext, names: Names, priority: Priority) -> float | None:
+async def oldest_waiting(
+    nc: NATS, js: JetStreamContext, names: Names, priority: Priority
+) -> float | None:
     """Seconds the oldest not-yet-delivered message of ``priority`` has waited.
 
     None when none waits. Read-only: the task consumer's delivered sequence, then
-    the first message on the priority's subject after it (``next_by_subj``); the
-    age is measured against the server's publish time. Raises
-    :class:`UnavailableError` when JetStream does not answer.
+    the first message on the priority's subject after it (``next_by_subj``). One
+    clock only, the server's: the age is the consumer info's server time (``ts``,
+    NATS >= 2.10) minus the message's publish time, so a worker whose wall clock is
+    off does not promote too early or too late. Raises :class:`UnavailableError`
+    when JetStream does not answer.
     """
     stream, subject = names.stream, names.task_subject(priority)
+    consumer = names.consumer(priority)
     try:
-        info = await js.consumer_info(stream, names.consumer(priority))
-        if not info.num_pending:
-            return None
+        # The raw API answer: nats-py's ConsumerInfo drops the server time ``ts``.
+        resp = await nc.request(
+            f"{api.DEFAULT_PREFIX}.CONSUMER.INFO.{stream}.{consumer}", b"", timeout=5
+        )
+        info = json.loads(resp.data)
+        if "error" in info or not info.get("num_pending"):
+            return None  # no such consumer (yet), or nothing waits
         msg = await js.get_msg(
-            stream, seq=info.delivered.stream_seq + 1, subject=subject, next=True
+            stream, seq=info["delivered"]["stream_seq"] + 1, subject=subject, next=True
         )
     except nats.js.errors.NotFoundError:
         return None
@@ -344,4 +354,15 @@ async def oldest_waiting(js: JetStreamContext, names: Names, priority: Priority)
         raise UnavailableError(f"jetstream unavailable: {exc!r}") from exc
     if msg.time is None:
         return None
-    return max(0.0, (dt.datetime.now(dt.UTC) - msg.time).total_seconds())
+    server_now = _server_time(info.get("ts")) or dt.datetime.now(dt.UTC)
+    return max(0.0, (server_now - msg.time).total_seconds())
+
+
+def _server_time(value: object) -> dt.datetime | None:
+    """Parse a JetStream API timestamp (RFC 3339, nanoseconds); None when absent or bad."""
+    if not isinstance(value, str):
+        return None
+    try:
+        return dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return None

@@ -243,11 +243,15 @@ async def interrupt(
     )
 
 
+# Fenced by the task too: only an attempt of a task that *is* cancelled, and whose
+# current attempt it is, may be closed (a late cancel request must not close the attempt
+# of a task that was retried and claimed again since).
 _CANCELLED = """
 UPDATE task_executions
    SET status = 'cancelled', error = $3, finished_at = now(),
        duration_ms = extract(epoch FROM now() - started_at) * 1000
  WHERE task_id = $1 AND attempt = $2 AND status = 'started'
+   AND EXISTS (SELECT 1 FROM tasks WHERE id = $1 AND attempts = $2 AND status = 'cancelled')
 RETURNING id
 """
 
@@ -255,7 +259,11 @@ RETURNING id
 async def mark_cancelled(
     conn: asyncpg.Connection, task_id: uuid.UUID, attempt: int, reason: str
 ) -> bool:
-    """Close a running attempt whose task was cancelled through the API."""
+    """Close attempt ``attempt`` of a task cancelled through the API.
+
+    False when fenced: the attempt is closed already (the API's cancel closes it
+    itself), or the task is not cancelled or has moved on to another attempt.
+    """
     return await conn.fetchval(_CANCELLED, task_id, attempt, storable(reason)) is not None
 
 

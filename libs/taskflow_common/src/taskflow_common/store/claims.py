@@ -62,7 +62,7 @@ SELECT t.*, e.id AS execution_id FROM t, e
 _DIAGNOSE = """
 SELECT t.status, t.attempts, t.dispatch_seq, t.dispatch_pending, t.failed_attempts,
        e.status AS execution_status, (e.lease_expires_at < now()) AS lease_expired,
-       e.worker_id
+       extract(epoch FROM e.lease_expires_at - now())::float8 AS lease_left_s, e.worker_id
   FROM tasks t
   LEFT JOIN task_executions e ON e.task_id = t.id AND e.attempt = t.attempts
  WHERE t.id = $1
@@ -99,13 +99,16 @@ class Refusal:
     ``owned_elsewhere``: a live worker runs it; ``lease_expired``: the owner is gone,
     take the attempt over with :func:`taskflow_common.store.attempts.abandon`;
     ``stale``: an older or not-yet-due copy.
-    ``worker_id`` names the owner of the open attempt (for the last two verdicts).
+    ``worker_id`` names the owner of the open attempt (for the last two verdicts);
+    ``lease_left_s`` is how long its lease still runs (seconds, database clock; <= 0
+    once expired).
     """
 
     verdict: Verdict
     attempt: int = 0
     failed_attempts: int = 0
     worker_id: str = ""
+    lease_left_s: float = 0.0
 
 
 def _claim_of(row: asyncpg.Record) -> Claim:
@@ -208,7 +211,13 @@ async def diagnose(conn: asyncpg.Connection, task_id: uuid.UUID) -> Refusal:
         return Refusal("already_done")
     if why["status"] == "processing" and why["execution_status"] == "started":
         verdict: Verdict = "lease_expired" if why["lease_expired"] else "owned_elsewhere"
-        return Refusal(verdict, why["attempts"], why["failed_attempts"], why["worker_id"])
+        return Refusal(
+            verdict,
+            why["attempts"],
+            why["failed_attempts"],
+            why["worker_id"],
+            why["lease_left_s"] or 0.0,
+        )
     return Refusal("stale")
 
 
