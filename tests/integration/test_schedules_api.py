@@ -77,7 +77,8 @@ async def test_create_get_list_and_delete(api: falcon.testing.ASGIConductor) -> 
     assert (made["cron"], made["timezone"], made["every"]) == ("*/5 * * * *", "Europe/Berlin", None)
     assert (made["missed"], made["catch_up_max"], made["overlap"]) == ("catch_up", 3, "queue")
     assert when(made["next_fire_at"]).minute % 5 == 0
-    assert made["last_fire_at"] is None and made["last_run_status"] is None
+    assert made["last_fire_at"] is None
+    assert made["last_run_status"] is None
     await create(api, name="often", every="30s", task={"type": "demo"})
 
     got = await api.simulate_get(f"{SCHEDULES}/often")
@@ -172,8 +173,10 @@ async def test_patch_merges_and_retimes_only_when_the_cadence_changes(
     assert changed.status_code == 200, changed.text
     doc = changed.json["schedule"]
     assert doc["task"]["payload"] == {"b": 2}
-    assert doc["task"]["max_attempts"] == 5 and doc["task"]["type"] == "demo"
-    assert doc["overlap"] == "skip" and doc["missed"] == "skip"
+    assert doc["task"]["max_attempts"] == 5
+    assert doc["task"]["type"] == "demo"
+    assert doc["overlap"] == "skip"
+    assert doc["missed"] == "skip"
     assert doc["next_fire_at"] == made["next_fire_at"]  # not re-timed
     assert doc["version"] == made["version"] + 1
 
@@ -205,7 +208,8 @@ async def test_pause_resume_and_run_now(
 ) -> None:
     made = await create(api, name="r", every="1h", task={"type": "demo", "payload": [1]})
     paused = await api.simulate_post(f"{SCHEDULES}/r/pause")
-    assert paused.status_code == 200 and paused.json["schedule"]["paused"] is True
+    assert paused.status_code == 200
+    assert paused.json["schedule"]["paused"] is True
     again = await api.simulate_post(f"{SCHEDULES}/r/pause")
     assert again.json["schedule"]["version"] == paused.json["schedule"]["version"]
     listed = await api.simulate_get(SCHEDULES, params={"paused": "true"})
@@ -216,21 +220,24 @@ async def test_pause_resume_and_run_now(
     task = run.json["task"]
     assert run.headers["location"] == f"{TASKS}/{task['id']}"
     assert (task["schedule"], task["type"], task["payload"]) == ("r", "demo", [1])
-    assert task["scheduled_for"].endswith("Z") and task["status"] == "queued"
+    assert task["scheduled_for"].endswith("Z")
+    assert task["status"] == "queued"
     assert task["max_attempts"] == 3  # WORKER_MAX_ATTEMPTS
 
     resumed = await api.simulate_post(f"{SCHEDULES}/r/resume")
     doc = resumed.json["schedule"]
     assert doc["paused"] is False
     assert doc["next_fire_at"] == made["next_fire_at"]
-    assert doc["last_task_id"] == task["id"] and doc["last_run_status"] == "queued"
+    assert doc["last_task_id"] == task["id"]
+    assert doc["last_run_status"] == "queued"
     assert doc["last_fire_at"] == task["scheduled_for"]
 
     one = await api.simulate_get(f"{TASKS}/{task['id']}")
     assert one.json["task"]["schedule"] == "r"
     assert one.json["task"]["scheduled_for"] == task["scheduled_for"]
     other = await api.simulate_post(TASKS, json={"type": "demo"})
-    assert other.json["task"]["schedule"] is None and other.json["task"]["scheduled_for"] is None
+    assert other.json["task"]["schedule"] is None
+    assert other.json["task"]["scheduled_for"] is None
     mine = await api.simulate_get(TASKS, params={"schedule": "r"})
     assert [t["id"] for t in mine.json["items"]] == [task["id"]]
     nobody = await api.simulate_get(TASKS, params={"schedule": "unknown"})
