@@ -2,7 +2,7 @@
 
 - :class:`AsyncClient` / :class:`Client`: the ingest API and dlq-monitor over HTTP
   (:mod:`taskflow_client.async_client`, :mod:`taskflow_client.sync_client`); results
-  are :class:`Task`, :class:`Execution`, :class:`DeadLetter`; errors derive from
+  are :class:`Task`, :class:`Execution`, :class:`DeadLetter`, :class:`Schedule`; errors derive from
   :class:`TaskFlowAPIError`.
 - ``taskflow_client.enqueue.enqueue(conn, ...)``: create a task inside your own asyncpg
   transaction (needs the ``enqueue`` extra; not imported here).
@@ -20,7 +20,15 @@ from taskflow_client.errors import (
     Unavailable,
     ValidationFailed,
 )
-from taskflow_client.models import TERMINAL_STATUSES, DeadLetter, Execution, NewTask, Task
+from taskflow_client.models import (
+    TERMINAL_STATUSES,
+    DeadLetter,
+    Execution,
+    NewTask,
+    Schedule,
+    Task,
+)
+from taskflow_client.schedule_calls import NewSchedule
 from taskflow_client.sync_client import Client
 
 __all__ = [
@@ -31,8 +39,10 @@ __all__ = [
     "DeadLetter",
     "Execution",
     "FieldError",
+    "NewSchedule",
     "NewTask",
     "NotFound",
+    "Schedule",
     "Task",
     "TaskFlowAPIError",
     "Unavailable",

@@ -6,7 +6,8 @@ Routes (the OpenAPI document, :mod:`taskflow_ingest_api.openapi`, is the referen
                                           200 + Idempotent-Replayed: true (same key, same body)
     POST /api/v1/tasks/batch              201 {"items": [{"task": Task, "created": bool}]}
     GET  /api/v1/tasks                    200 {"items": [Task], "next_cursor": str | null}
-                                          (?status ?type ?priority ?tag=k:v... ?limit ?cursor)
+                                          (?status ?type ?priority ?schedule ?tag=k:v...
+                                          ?limit ?cursor)
     GET  /api/v1/tasks/{task_id}          200 {"task": Task} (?wait=30s: long poll)
     GET  /api/v1/tasks/{task_id}/events   200 text/event-stream
     GET  /api/v1/tasks/{task_id}/executions  200 {"items": [Execution]}
@@ -16,7 +17,8 @@ Routes (the OpenAPI document, :mod:`taskflow_ingest_api.openapi`, is the referen
     GET  /api/v1/ready                    200 {"status": "ready"} | 503 unavailable
     GET  /api/v1/openapi.json             200 the OpenAPI 3.1 document
 
-The long poll and the event stream live in :mod:`taskflow_ingest_api.awaiting`. Errors
+The long poll and the event stream live in :mod:`taskflow_ingest_api.awaiting`, the
+schedules' routes in :mod:`taskflow_ingest_api.schedules`. Errors
 are problem+json (:mod:`taskflow_common.http`).
 """
 
@@ -124,6 +126,7 @@ class TasksResource:
                     status=query.status,
                     type=query.type,
                     priority=query.priority,
+                    schedule=query.schedule,
                     tags=query.tags,
                     limit=query.limit,
                     cursor=query.cursor,

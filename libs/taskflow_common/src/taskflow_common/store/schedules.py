@@ -18,6 +18,7 @@ from __future__ import annotations
 import base64
 import binascii
 import datetime as dt
+import re
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -34,6 +35,8 @@ from taskflow_common.ticks import Policy
 CHANNEL = "taskflow_schedules"
 """LISTEN channel; migration 0005 notifies it when a client creates or changes a schedule."""
 MAX_LIST_LIMIT = 200
+NAME_PATTERN = re.compile(r"^[A-Za-z0-9_.:-]{1,128}$")
+"""A schedule's name (the table's CHECK): what ``/api/v1/schedules/{name}`` accepts."""
 SCHEDULE_EXISTS = "schedule_exists"
 """Problem code of :func:`create` for a name already in use (409)."""
 
@@ -227,12 +230,20 @@ def _encode(name: str) -> str:
     return base64.urlsafe_b64encode(name.encode()).rstrip(b"=").decode()
 
 
-def _decode(cursor: str) -> str:
+def decode_cursor(cursor: str) -> str:
+    """Return the schedule name a :class:`Page` cursor continues after.
+
+    Raises :class:`~taskflow_common.errors.InvalidCursor` for anything :func:`list_schedules`
+    did not hand out (the name must be one a schedule can have: a decoded ``\\x00`` would
+    otherwise reach Postgres).
+    """
     try:
-        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
-        return raw.decode()
+        name = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
     except (binascii.Error, UnicodeDecodeError, ValueError) as exc:
         raise InvalidCursor("cursor is not one this API returned") from exc
+    if not NAME_PATTERN.match(name):
+        raise InvalidCursor("cursor is not one this API returned")
+    return name
 
 
 async def list_schedules(
@@ -249,7 +260,7 @@ async def list_schedules(
     """
     if not 1 <= limit <= MAX_LIST_LIMIT:
         raise ValueError(f"limit must be 1..{MAX_LIST_LIMIT}")
-    after = _decode(cursor) if cursor is not None else None
+    after = decode_cursor(cursor) if cursor is not None else None
     rows = await conn.fetch(
         f"SELECT {SCHEDULE_COLUMNS} {_FROM} "
         "WHERE ($1::bool IS NULL OR s.paused = $1) AND ($2::text IS NULL OR s.name > $2) "
@@ -302,8 +313,8 @@ async def delete(conn: asyncpg.Connection, name: str) -> None:
         raise NotFoundError(f"schedule {name!r} not found")
 
 
-TASK_COLUMNS_WITH_TICK = TASK_COLUMNS + ", schedule, scheduled_for"
-"""A task row plus the schedule and tick it belongs to."""
+TASK_COLUMNS_WITH_TICK = TASK_COLUMNS
+"""A task row with the schedule and tick it belongs to (every task view has them now)."""
 
 # A run-now task: the template of the locked schedule, its tick the statement's clock.
 _RUN_NOW = f"""
