@@ -6,28 +6,16 @@ The dispatcher is not running here: what fires when is tests/e2e/test_schedules_
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import AsyncIterator
 from typing import Any
 
 import asyncpg
 import falcon.testing
 import pytest
 
-from tests.integration.test_ingest_api import (
-    api_env,  # noqa: F401 - a fixture
-    assert_problem,
-    conductor,
-    settings_from,
-)
+from tests.support.api import assert_problem
 
 SCHEDULES = "/api/v1/schedules"
 TASKS = "/api/v1/tasks"
-
-
-@pytest.fixture
-async def api(api_env: dict[str, str]) -> AsyncIterator[falcon.testing.ASGIConductor]:  # noqa: F811
-    async with conductor(settings_from(api_env)) as client:
-        yield client
 
 
 async def counts(database_url: str) -> tuple[int, int]:
