@@ -25,7 +25,8 @@ from typing import Any, Self, TypeVar
 
 import httpx
 
-from taskflow_client import calls, errors, schedule_calls
+from taskflow_client import calls, errors
+from taskflow_client.async_schedules import AsyncScheduleMethods
 from taskflow_client.calls import Call, Page, TaskId
 from taskflow_client.endpoints import (
     DEFAULT_API_URL,
@@ -34,13 +35,12 @@ from taskflow_client.endpoints import (
     DEFAULT_WAIT_S,
     Endpoints,
 )
-from taskflow_client.models import DeadLetter, Execution, NewTask, Priority, Schedule, Task
-from taskflow_client.schedule_calls import Every, NewSchedule
+from taskflow_client.models import DeadLetter, Execution, NewTask, Priority, Task
 
 T = TypeVar("T")
 
 
-class AsyncClient(Endpoints):
+class AsyncClient(Endpoints, AsyncScheduleMethods):
     """Asynchronous client (``httpx.AsyncClient``) for the ingest API and dlq-monitor.
 
     ``api_url``/``dlq_url``: base URLs, with or without the ``/api/v1`` suffix.
@@ -250,110 +250,3 @@ class AsyncClient(Endpoints):
         Raises NotFound, Conflict ``invalid_state`` unless the task is failed/cancelled.
         """
         return await self._send(calls.replay(task_id))
-
-    # -- schedules ------------------------------------------------------------------------
-
-    async def create_schedule(
-        self,
-        name: str,
-        type: str,
-        payload: Any = None,
-        *,
-        cron: str | None = None,
-        timezone: str | None = None,
-        every: Every | None = None,
-        priority: Priority = "normal",
-        max_attempts: int | None = None,
-        timeout_s: float | None = None,
-        tags: Mapping[str, str] | None = None,
-        missed: str | None = None,
-        catch_up_max: int | None = None,
-        overlap: str | None = None,
-        paused: bool = False,
-    ) -> Schedule:
-        """Create a schedule and return it (the arguments of :class:`NewSchedule`).
-
-        Give ``cron`` (with an optional IANA ``timezone``) or ``every`` (``"30s"``,
-        seconds, or a timedelta; at least 1 s). Raises ValidationFailed (422 naming the
-        field: an invalid cron, an unknown zone, an interval under 1 s, a bad policy),
-        Conflict ``schedule_exists`` for a name in use; nothing is stored then.
-        """
-        new = NewSchedule(
-            name,
-            type,
-            payload,
-            cron,
-            timezone,
-            every,
-            priority,
-            max_attempts,
-            timeout_s,
-            tags,
-            missed,
-            catch_up_max,
-            overlap,
-            paused,
-        )
-        return await self._send(schedule_calls.create(new))
-
-    async def get_schedule(self, name: str) -> Schedule:
-        """Return the schedule ``name`` (with its next and last fire times). Raises NotFound."""
-        return await self._send(schedule_calls.get(name))
-
-    async def schedules(
-        self, *, paused: bool | None = None, page_size: int = 50, limit: int | None = None
-    ) -> AsyncIterator[Schedule]:
-        """Iterate over schedules by name (``paused``: only paused or only active ones)."""
-
-        def make(size: int, cursor: str | None) -> Call[Page[Schedule]]:
-            return schedule_calls.list_schedules(paused=paused, limit=size, cursor=cursor)
-
-        async for schedule in self._pages(make, page_size, limit):
-            yield schedule
-
-    async def update_schedule(
-        self,
-        name: str,
-        *,
-        task: Mapping[str, Any] | None = None,
-        cron: str | None = None,
-        timezone: str | None = None,
-        every: Every | None = None,
-        missed: str | None = None,
-        catch_up_max: int | None = None,
-        overlap: str | None = None,
-        paused: bool | None = None,
-    ) -> Schedule:
-        """Change a schedule; None leaves a member as it is; return the new schedule.
-
-        ``task`` holds the template members to replace (``{"payload": {...}}``). A new
-        ``cron``/``timezone``/``every`` re-times the schedule from now. Raises NotFound,
-        ValidationFailed (nothing changed).
-        """
-        body = schedule_calls.change_body(
-            task=task,
-            cron=cron,
-            timezone=timezone,
-            every=every,
-            missed=missed,
-            catch_up_max=catch_up_max,
-            overlap=overlap,
-            paused=paused,
-        )
-        return await self._send(schedule_calls.update(name, body))
-
-    async def pause_schedule(self, name: str) -> Schedule:
-        """Pause a schedule (no tick fires until it is resumed); return it."""
-        return await self._send(schedule_calls.action(name, "pause"))
-
-    async def resume_schedule(self, name: str) -> Schedule:
-        """Resume a schedule (missed ticks follow its missed-tick policy); return it."""
-        return await self._send(schedule_calls.action(name, "resume"))
-
-    async def run_schedule(self, name: str) -> Task:
-        """Create one task from the schedule's template now (paused or not); return it."""
-        return await self._send(schedule_calls.run(name))
-
-    async def delete_schedule(self, name: str) -> None:
-        """Delete a schedule (the tasks it made stay). Raises NotFound."""
-        await self._send(schedule_calls.delete(name))

@@ -26,12 +26,11 @@ from taskflow_common.lifecycle import wait_any
 from taskflow_common.listener import Listener
 from taskflow_common.logs import get_logger
 from taskflow_common.loops import LoopErrors, run_loop
-from taskflow_common.messages import DeadLetter, TaskMessage
+from taskflow_common.messages import TaskMessage
 from taskflow_common.retry import Backoff
 from taskflow_common.store import outbox
-from taskflow_common.store.rows import rfc3339
 from taskflow_common.subjects import HEADER_MSG_ID, HEADER_TRACEPARENT, PRIORITIES, Names
-from taskflow_dispatcher.dead_letter_check import dlq_stream
+from taskflow_dispatcher.dead_letter_publish import DEAD_BATCH, DeadLetterPublisher
 from taskflow_dispatcher.metrics import DispatcherMetrics
 from taskflow_dispatcher.settings import DispatcherSettings
 
@@ -41,8 +40,6 @@ GATHER_S = 0.002
 """Under load, how long a woken outbox loop waits so that its next pass carries more rows
 (seconds). Only after a pass that published more than one task: at idle a task is
 published as soon as its notification arrives."""
-DEAD_BATCH = 100
-"""Dead letters published per pass at most."""
 LISTEN_KEEPALIVE_S = 1.0
 """Seconds between two ``SELECT 1`` on the idle LISTEN connection."""
 OUTAGE_BACKOFF_S = 0.05
@@ -82,6 +79,7 @@ class OutboxSweeper:
         self.names: Names = bus.names
         self.wake = asyncio.Event()
         self.tracer = trace.get_tracer("taskflow.dispatcher")
+        self.dead_letters = DeadLetterPublisher(db, bus, metrics, self.tracer)
         # Dead letters to look for: yes at start (one may have been left pending).
         self.dead_hint = True
         self.dead_checked_at = 0.0
@@ -158,83 +156,6 @@ class OutboxSweeper:
             raise UnavailableError(f"publish failed for {len(errors)} tasks: {errors[0]!r}")
         return Pass(len(published), len(errors), found.next_due_in)
 
-    async def publish_dead_letters(self) -> int:
-        """Publish up to :data:`DEAD_BATCH` pending dead letters to ``<prefix>.dlq``.
-
-        Returns how many were PubAck'd; their stream sequence and the stream's identity
-        are recorded, and they stay pending until the dlq-monitor records them (the
-        :class:`~taskflow_dispatcher.dead_letter_check.DeadLetterCheck` publishes again
-        what the stream loses meanwhile). Raises UnavailableError
-        (or a driver error) when there were some and none could be published.
-        """
-        async with self.db.acquire() as conn, conn.transaction():
-            dead = await outbox.lock_dead(conn, DEAD_BATCH)
-            if not dead:
-                return 0
-            items = []
-            spans = []
-            for t in dead:
-                # The dead-letter span is a child of the submitting request; the message
-                # carries the span's own context, so the dlq-monitor's record span is its
-                # child (request -> dead letter -> record).
-                span = self.tracer.start_span(
-                    "task dead-letter",
-                    context=tracing.context_from_traceparent(t.trace_parent),
-                    kind=trace.SpanKind.PRODUCER,
-                    attributes={
-                        "taskflow.task_id": str(t.task_id),
-                        "taskflow.type": t.type,
-                        "taskflow.attempt": t.attempts,
-                    },
-                )
-                spans.append(span)
-                letter = DeadLetter(
-                    reason="failed",
-                    task_id=t.task_id,
-                    type=t.type,
-                    priority=t.priority,
-                    attempts=t.attempts,
-                    error=t.error,
-                    failed_at=rfc3339(t.failed_at),
-                    trace_id=tracing.trace_id_of(t.trace_parent),
-                )
-                headers = {HEADER_MSG_ID: self.names.dlq_msg_id(str(t.task_id), t.attempts)}
-                tracing.inject(headers, trace.set_span_in_context(span))
-                items.append((self.names.dlq_subject, letter.encode(), headers))
-            try:
-                # Where the messages go: read before publishing, so a stream recreated
-                # meanwhile only makes the dead-letter check publish once more.
-                where = await dlq_stream(self.bus)
-                results = await self.bus.publish_batch(items)
-            except BaseException:
-                for span in spans:
-                    span.end()
-                raise
-            done = []
-            for t, r, span in zip(dead, results, spans, strict=True):
-                if isinstance(r, api.PubAck):
-                    done.append((t, r.seq, span))
-                else:
-                    span.set_status(trace.StatusCode.ERROR, repr(r))
-                    span.end()
-            await outbox.mark_dead_published(
-                conn, [(t.task_id, seq) for t, seq, _ in done], where.identity if where else ""
-            )
-        self.metrics.publish_errors.inc(len(dead) - len(done))
-        for t, _, span in done:
-            self.metrics.dead_letter_published(t.type, t.priority)
-            with trace.use_span(span, end_on_exit=True):
-                log.warning(
-                    "task_dead_lettered",
-                    task_id=str(t.task_id),
-                    type=t.type,
-                    attempt=t.attempts,
-                    error=t.error,
-                )
-        if len(done) < len(dead) and not done:
-            raise UnavailableError("dead-letter publish failed")
-        return len(done)
-
     def dead_letters_due(self, now: float) -> bool:
         """Whether this pass should look for pending dead letters (``now``: loop seconds).
 
@@ -285,7 +206,8 @@ class OutboxSweeper:
         """Publish due work until ``stop``; back off after a failed pass.
 
         A pass is :meth:`publish_due` (4 round trips; it also says when the next task is
-        due) plus, only when :meth:`dead_letters_due` says so, :meth:`publish_dead_letters`,
+        due) plus, only when :meth:`dead_letters_due` says so,
+        ``DeadLetterPublisher.publish`` (:mod:`taskflow_dispatcher.dead_letter_publish`),
         then the wait :meth:`_pass` chooses. After a pass that raised it waits
         :data:`OUTAGE_BACKOFF_S`, doubling to 2 s (:class:`~taskflow_common.retry.Backoff`).
         """
@@ -314,7 +236,7 @@ class OutboxSweeper:
         try:
             done = await self.publish_due()
             if self.dead_letters_due(loop.time()):
-                dead = await self.publish_dead_letters()
+                dead = await self.dead_letters.publish()
                 if dead >= DEAD_BATCH:
                     self.dead_hint = True
         except BaseException:
