@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 import falcon.testing
@@ -20,7 +20,7 @@ import pytest
 from taskflow_common import db as dbmod
 from taskflow_common.config import load
 from taskflow_common.devstack.servers import NatsServer
-from taskflow_ingest_api import submitter as submitter_module
+from taskflow_common.store import submissions
 from taskflow_ingest_api.app import create_app
 from taskflow_ingest_api.settings import ApiSettings
 from tests.support.waiting import wait_for
@@ -90,19 +90,19 @@ async def test_the_task_event_listener_survives_an_error_of_one_pass(
 async def test_the_group_flusher_survives_an_error_of_one_pass(
     settings: ApiSettings, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    real_group = submitter_module.submissions.submit_group
+    real_group = submissions.submit_group
     calls = 0
 
     async def group_losing_a_row_once(
         conn: Any, specs: Sequence[Any], trace_parents: Sequence[str | None]
-    ) -> list[Mapping[str, Any]]:
+    ) -> list[Any]:
         nonlocal calls
         calls += 1
         rows = await real_group(conn, specs, trace_parents)
         # One pass breaks its own bookkeeping (a bug, not an outage): a row goes missing.
         return rows[:-1] if calls == 1 else rows
 
-    monkeypatch.setattr(submitter_module.submissions, "submit_group", group_losing_a_row_once)
+    monkeypatch.setattr(submissions, "submit_group", group_losing_a_row_once)
     async with started(settings) as api:
         try:
             async with asyncio.timeout(10):
