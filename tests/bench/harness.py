@@ -22,7 +22,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from taskflow_common.devstack.servers import free_port
+from taskflow_devstack.servers import free_port
 from tests.bench import profile, report
 from tests.bench.probes import PgProbe, nats_varz
 from tests.bench.scenarios import BenchError, Scenarios, say

@@ -18,8 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from taskflow_common.devstack.servers import NatsServer, PostgresServer, free_port
-from taskflow_common.devstack.stack import migrate_database, quote_ident
+from taskflow_devstack.database import migrate_database, quote_ident
+from taskflow_devstack.servers import NatsServer, PostgresServer, free_port
 from tests.bench.probes import find_listener
 from tests.support.pg import admin_execute, dsn_for
 from tests.support.procs import ServiceFactory, ServiceProcess

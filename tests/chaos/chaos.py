@@ -47,8 +47,8 @@ from typing import Any
 
 import httpx
 
-from taskflow_common.devstack.servers import NatsServer, PostgresServer, free_port, pg_work_dir
-from taskflow_common.devstack.stack import ensure_database, migrate_database
+from taskflow_devstack.database import ensure_database, migrate_database
+from taskflow_devstack.servers import NatsServer, PostgresServer, free_port, pg_work_dir
 from tests.support.invariants import VersionWatcher, check_invariants
 from tests.support.procs import ServiceFactory, ServiceProcess
 from tests.support.stack import Stack
@@ -364,6 +364,8 @@ async def chaos(seconds: float, rate: float, seed: int, base: Path) -> int:
             say(report.describe(limit=40))
         print(report.line(), flush=True)
         ok = report.ok and report.duplicates == 0 and report.all_terminal
+        if not ok:
+            say(f"FAILED with seed={seed}: CHAOS_SEED={seed} replays these choices")
         return 0 if ok else 1
     finally:
         with contextlib.suppress(Exception):

@@ -8,7 +8,7 @@ from typing import Any
 import httpx
 import pytest
 
-from taskflow_common.devstack.servers import free_port
+from taskflow_devstack.servers import free_port
 from tests.support.procs import ServiceFactory
 from tests.support.waiting import wait_for
 
@@ -92,6 +92,11 @@ async def test_malformed_setting_exits_2_naming_the_variable(
     assert not api.events("service_ready")
 
 
+@pytest.mark.service_errors(
+    r"address already in use|\"event\":\"service_failed\"",
+    "the test holds the port: uvicorn cannot bind, the service reports its failed start",
+    service="ingest-api",
+)
 async def test_port_in_use_exits_1(service_env: dict[str, str], services: ServiceFactory) -> None:
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))

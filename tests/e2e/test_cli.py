@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 
 from taskflow_common.config import CommonSettings
-from taskflow_common.devstack.servers import free_port
+from taskflow_devstack.servers import free_port
 from tests.support.procs import ServiceFactory
 from tests.support.stack import Stack
 from tests.support.waiting import wait_for

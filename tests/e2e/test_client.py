@@ -7,12 +7,10 @@ services are separate processes).
 
 from __future__ import annotations
 
-import builtins
 import datetime as dt
 import time
 import uuid
 from collections.abc import AsyncIterator
-from typing import Any
 
 import pytest
 
@@ -21,89 +19,19 @@ from taskflow_client import (
     Client,
     Conflict,
     DeadLetter,
-    Execution,
     NewTask,
     NotFound,
-    Task,
     Unavailable,
     ValidationFailed,
 )
-from taskflow_common.devstack.servers import free_port
+from taskflow_devstack.servers import free_port
+from tests.support.client_api import Api
 from tests.support.procs import ServiceFactory
 from tests.support.stack import Stack
+from tests.support.timing import floor_plus, slack
 from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.e2e
-
-
-class Api:
-    """The calls the tests make, through either client (one of ``aio``/``sync`` is set)."""
-
-    def __init__(self, aio: AsyncClient | None = None, sync: Client | None = None) -> None:
-        assert (aio is None) != (sync is None)
-        self.aio = aio
-        self.sync = sync
-        self.kind = "async" if aio else "sync"
-
-    async def submit(self, type_: str, payload: Any = None, **options: Any) -> Task:
-        if self.aio:
-            return await self.aio.submit(type_, payload, **options)
-        assert self.sync
-        return self.sync.submit(type_, payload, **options)
-
-    async def submit_batch(self, tasks: builtins.list[NewTask]) -> builtins.list[Task]:
-        if self.aio:
-            return await self.aio.submit_batch(tasks)
-        assert self.sync
-        return self.sync.submit_batch(tasks)
-
-    async def get(self, task_id: uuid.UUID | str) -> Task:
-        if self.aio:
-            return await self.aio.get(task_id)
-        assert self.sync
-        return self.sync.get(task_id)
-
-    async def wait(self, task_id: uuid.UUID | str, timeout_s: float = 30.0) -> Task:
-        if self.aio:
-            return await self.aio.wait(task_id, timeout_s)
-        assert self.sync
-        return self.sync.wait(task_id, timeout_s)
-
-    async def list(self, **filters: Any) -> builtins.list[Task]:
-        if self.aio:
-            return [t async for t in self.aio.list(**filters)]
-        assert self.sync
-        return builtins.list(self.sync.list(**filters))
-
-    async def executions(self, task_id: uuid.UUID | str) -> builtins.list[Execution]:
-        if self.aio:
-            return await self.aio.executions(task_id)
-        assert self.sync
-        return self.sync.executions(task_id)
-
-    async def cancel(self, task_id: uuid.UUID | str) -> Task:
-        if self.aio:
-            return await self.aio.cancel(task_id)
-        assert self.sync
-        return self.sync.cancel(task_id)
-
-    async def retry(self, task_id: uuid.UUID | str) -> Task:
-        if self.aio:
-            return await self.aio.retry(task_id)
-        assert self.sync
-        return self.sync.retry(task_id)
-
-    async def dead_letters(self, **filters: Any) -> builtins.list[DeadLetter]:
-        if self.aio:
-            return [d async for d in self.aio.dead_letters(**filters)]
-        assert self.sync
-        return builtins.list(self.sync.dead_letters(**filters))
-
-    async def replay(self, task_id: uuid.UUID | str) -> Task:
-        if self.aio:
-            return await self.aio.replay(task_id)
-        assert self.sync
-        return self.sync.replay(task_id)
 
 
 @pytest.fixture
@@ -191,7 +119,7 @@ async def test_wait_gives_the_current_state_when_its_timeout_ends(api: Api, stac
     elapsed = time.monotonic() - started
     assert current.status == "processing"
     assert not current.terminal
-    assert 1.4 <= elapsed < 4.0, elapsed
+    assert 1.4 <= elapsed < floor_plus(1.4, 2.6), elapsed
 
 
 async def test_wait_returns_soon_after_a_short_task_finishes(api: Api) -> None:
@@ -200,7 +128,7 @@ async def test_wait_returns_soon_after_a_short_task_finishes(api: Api) -> None:
     done = await api.wait(task.id, timeout_s=10)
     elapsed = time.monotonic() - started
     assert done.status == "completed"
-    assert elapsed < 3.0, elapsed
+    assert elapsed < slack(3.0), elapsed
 
 
 async def test_idempotency_key_replays_the_first_task(api: Api) -> None:

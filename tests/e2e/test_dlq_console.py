@@ -7,7 +7,8 @@ sandbox as root; no background networking, which a closed network refuses).
 
 The test skips only when chromium is missing and cannot be installed here (``make
 browser`` left a note saying why, or this user is not root with apt-get); a missing
-chromium that ``make browser`` could install is a failure, not a skip.
+chromium that ``make browser`` could install is a failure, not a skip. Under ``CI=true``
+every skip is a failure too (``tests/conftest.py``): CI must have chromium.
 """
 
 from __future__ import annotations

@@ -7,111 +7,26 @@ serve the API (list, stats, detail, replay, discard, health) with problem+json e
 
 from __future__ import annotations
 
-import datetime as dt
 import uuid
-from collections.abc import AsyncIterator
 from typing import Any
 
-import asyncpg
 import httpx
-import nats.js.errors
 import pytest
 
 from taskflow_common import bus as bus_mod
-from taskflow_common.config import CommonSettings, load
-from taskflow_common.devstack.servers import NatsServer
-from taskflow_common.messages import DeadLetter
-from taskflow_common.subjects import HEADER_MSG_ID, Names
-from tests.support.pg import PgHandle
-from tests.support.procs import ServiceFactory, ServiceProcess
+from taskflow_common.subjects import Names
+from tests.support.dead_letters import (
+    consumer_settled,
+    db_fetch,
+    dead_letter,
+    insert_failed_task,
+    listed,
+    publish,
+)
+from tests.support.procs import ServiceProcess
 from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.e2e
-
-TRACEPARENT = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
-
-
-@pytest.fixture
-def settings(service_env: dict[str, str]) -> CommonSettings:
-    return load(CommonSettings, service_env)
-
-
-@pytest.fixture
-async def bus(settings: CommonSettings) -> AsyncIterator[bus_mod.Bus]:
-    async with bus_mod.connect(settings, "test-publisher") as b:
-        await b.ensure_streams()
-        yield b
-
-
-@pytest.fixture
-async def monitor(service_env: dict[str, str], services: ServiceFactory) -> ServiceProcess:
-    # service_env (and so the test database) first: the process stops before it is dropped.
-    return await services.start("dlq-monitor", service_env)
-
-
-@pytest.fixture
-async def http(service_env: dict[str, str]) -> AsyncIterator[httpx.AsyncClient]:
-    base = f"http://127.0.0.1:{service_env['DLQ_HTTP_PORT']}/api/v1"
-    async with httpx.AsyncClient(base_url=base, timeout=10) as client:
-        yield client
-
-
-async def db_fetch(url: str, sql: str, *args: Any) -> list[asyncpg.Record]:
-    conn = await asyncpg.connect(url)
-    try:
-        return list(await conn.fetch(sql, *args))
-    finally:
-        await conn.close()
-
-
-async def insert_failed_task(url: str, *, type_: str = "demo", attempts: int = 3) -> uuid.UUID:
-    """A task row as the worker leaves it after its last failed attempt."""
-    task_id = uuid.uuid4()
-    await db_fetch(
-        url,
-        "INSERT INTO tasks (id, type, priority, status, attempts, failed_attempts, max_attempts,"
-        " last_error, dispatch_pending, dispatch_seq, finished_at)"
-        " VALUES ($1, $2, 'high', 'failed', $3, $3, 3, 'boom', false, $3, now())",
-        task_id,
-        type_,
-        attempts,
-    )
-    return task_id
-
-
-def dead_letter(task_id: uuid.UUID, *, type_: str = "demo", error: str = "boom") -> DeadLetter:
-    return DeadLetter(
-        reason="attempts exhausted",
-        task_id=task_id,
-        type=type_,
-        priority="high",
-        attempts=3,
-        error=f"RuntimeError: {error}",
-        failed_at=dt.datetime.now(dt.UTC).isoformat(),
-    )
-
-
-async def publish(
-    bus: bus_mod.Bus, data: bytes, msg_id: str | None, traceparent: str | None = TRACEPARENT
-) -> None:
-    headers: dict[str, str] = {}
-    if msg_id is not None:
-        headers[HEADER_MSG_ID] = msg_id
-    if traceparent is not None:
-        headers["traceparent"] = traceparent
-    await bus.js.publish(bus.names.dlq_subject, data, headers=headers or None)
-
-
-async def listed(http: httpx.AsyncClient, **params: str) -> list[dict[str, Any]]:
-    resp = await http.get("/dlq", params={"limit": "200", **params})
-    assert resp.status_code == 200, resp.text
-    return resp.json()["items"]  # type: ignore[no-any-return]
-
-
-async def consumer_settled(bus: bus_mod.Bus) -> bool:
-    """True when the monitor's consumer has nothing pending and nothing unacked."""
-    info = await bus.js.consumer_info(bus.names.dlq_stream, bus.names.dlq_consumer)
-    return info.num_pending == 0 and info.num_ack_pending == 0
 
 
 async def test_dead_letter_recorded_once_despite_duplicates_and_redelivery(
@@ -303,95 +218,3 @@ async def test_api_detail_stats_discard_and_errors(
         "nats",
         "consumer",
     }
-
-
-async def test_survives_nats_restart_on_an_empty_store(
-    monitor: ServiceProcess,
-    nats_server: NatsServer,
-    http: httpx.AsyncClient,
-    settings: CommonSettings,
-    database_url: str,
-) -> None:
-    nats_server.restart(clear_store=True)  # streams and consumer are gone
-
-    async with bus_mod.connect(settings, "test-publisher") as b:
-        # The monitor recreates the streams and its consumer by itself.
-        async def recreated() -> bool:
-            try:
-                await b.js.consumer_info(b.names.dlq_stream, b.names.dlq_consumer)
-            except nats.js.errors.NotFoundError:
-                return False
-            return True
-
-        await wait_for(recreated, 20, interval=0.2, what="the monitor to recreate its consumer")
-        task_id = await insert_failed_task(database_url)
-        await publish(b, dead_letter(task_id).encode(), f"dlq:{task_id}:3")
-        await wait_for(lambda: listed(http), 15, what="a dead letter after the NATS restart")
-    assert monitor.running
-
-
-async def test_survives_a_postgres_outage(
-    monitor: ServiceProcess,
-    bus: bus_mod.Bus,
-    pg_server: PgHandle,
-    http: httpx.AsyncClient,
-    database_url: str,
-) -> None:
-    pg = pg_server.require_embedded()
-    task_id = await insert_failed_task(database_url)
-    pg.stop()
-    try:
-        await publish(bus, dead_letter(task_id).encode(), f"dlq:{task_id}:3")
-
-        async def reported() -> bool:
-            resp = await http.get("/health")
-            checks = resp.json()["checks"]
-            return not checks["postgres"]["ok"] and resp.status_code == 200
-
-        await wait_for(reported, 15, what="health to report postgres down")
-        ready = await http.get("/ready")
-        assert ready.status_code == 503
-        listing = await http.get("/dlq")
-        assert listing.status_code == 503
-        assert listing.json()["code"] == "unavailable"
-    finally:
-        pg.start()
-    await wait_for(lambda: listed(http), 20, what="the dead letter after Postgres returned")
-    await wait_for(lambda: consumer_settled(bus), 10, what="the dead letter to be acked")
-    assert monitor.running
-    assert len(monitor.events("task_dead_lettered")) == 1
-
-
-async def test_starts_while_postgres_and_nats_are_down(
-    service_env: dict[str, str],
-    services: ServiceFactory,
-    nats_server: NatsServer,
-    pg_server: PgHandle,
-    http: httpx.AsyncClient,
-    database_url: str,
-) -> None:
-    pg = pg_server.require_embedded()
-    task_id = await insert_failed_task(database_url)
-    pg.stop()
-    nats_server.stop()
-    try:
-        proc = await services.start("dlq-monitor", service_env, ready=False)
-
-        async def answers() -> dict[str, Any] | None:
-            resp = await http.get("/health")
-            return resp.json() if resp.status_code == 200 else None
-
-        health = await wait_for(answers, 15, ignore=(httpx.TransportError,), what="/health")
-        assert health["status"] == "degraded"
-        assert not health["checks"]["postgres"]["ok"]
-        assert not health["checks"]["nats"]["ok"]
-        assert proc.running
-        assert not proc.events("service_ready")  # not consuming yet
-    finally:
-        nats_server.start()
-        pg.start()
-    await proc.wait_ready(20)
-    async with bus_mod.connect(load(CommonSettings, service_env), "test-publisher") as b:
-        await publish(b, dead_letter(task_id).encode(), f"dlq:{task_id}:3")
-    await wait_for(lambda: listed(http), 15, what="the dead letter after both came back")
-    assert (await http.get("/health")).json()["status"] == "ok"

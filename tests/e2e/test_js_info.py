@@ -15,8 +15,8 @@ import pytest
 from taskflow_common import bus as bus_mod
 from taskflow_common.bus import ConsumerSettings
 from taskflow_common.config import CommonSettings, load
-from taskflow_common.devstack.servers import NatsServer, free_port
 from taskflow_common.subjects import HEADER_MSG_ID, PRIORITIES
+from taskflow_devstack.servers import NatsServer, free_port
 
 pytestmark = pytest.mark.e2e
 

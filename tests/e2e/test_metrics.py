@@ -15,7 +15,7 @@ import httpx
 import pytest
 
 from taskflow_common import metrics
-from taskflow_common.devstack.servers import free_port
+from taskflow_devstack.servers import free_port
 from taskflow_dispatcher.metrics import DispatcherMetrics
 from taskflow_dlq_monitor.metrics import DlqMetrics
 from taskflow_ingest_api.metrics import ApiMetrics
@@ -208,6 +208,11 @@ async def test_every_service_exports_its_declared_metrics(stack: Stack) -> None:
         assert families_of(registry) <= worker.families
 
 
+@pytest.mark.service_errors(
+    r'"event":"service_failed".*MetricsPortError',
+    "the test holds WORKER_METRICS_PORT: the worker's start fails on purpose",
+    service="worker",
+)
 async def test_metrics_port_in_use_is_a_clear_start_failure(
     env: dict[str, str], services: ServiceFactory
 ) -> None:

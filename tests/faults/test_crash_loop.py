@@ -19,6 +19,10 @@ from tests.support.waiting import wait_for
 pytestmark = pytest.mark.faults
 
 
+@pytest.mark.service_exits(
+    "test.crash makes its worker SIGKILL itself; the test asserts supervisor.exits",
+    service="worker",
+)
 async def test_a_crash_looping_task_runs_max_attempts_times_and_is_dead_lettered(
     make_stack: MakeStack,
 ) -> None:

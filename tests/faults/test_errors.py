@@ -8,12 +8,16 @@ their message, so the 10 normal tasks submitted after them still run.
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 
+import asyncpg
 import pytest
 
-from tests.faults.conftest import MAX_ATTEMPTS, MakeStack
+from tests.faults.conftest import ACK_WAIT_S, MAX_ATTEMPTS, MakeStack
 from tests.support.faults import consumer_info, executions, statuses
 from tests.support.invariants import VersionWatcher, check_invariants
+from tests.support.scrape import scrape
+from tests.support.traces import runs
 
 pytestmark = pytest.mark.faults
 
@@ -60,3 +64,54 @@ async def test_unstorable_outcomes_fail_clearly_and_settle_their_messages(
     assert report.dead_letters == 25
     normal = await consumer_info(stack.env, "normal")
     assert (normal.num_ack_pending, normal.num_pending, normal.num_redelivered) == (0, 0, 0)
+
+
+async def test_a_database_error_in_one_pass_is_survived_and_the_result_kept(
+    make_stack: MakeStack, tmp_path: Path
+) -> None:
+    """Issue 11 item 2 (the worker's part): one pass of a loop raises a non-outage error.
+
+    A trigger makes Postgres refuse the first completion with ``RAISE EXCEPTION`` (as a
+    deadlock, a bug hit by one odd row or a failed constraint would). The worker must
+    survive it as every loop does: logged with its class, backed off, counted in
+    ``taskflow_loop_errors_total``, tried again; the handler's success is kept (one
+    run, one succeeded attempt) and the worker goes on processing.
+    """
+    trace = tmp_path / "trace.jsonl"
+    stack = await make_stack(workers=1)
+    worker = stack.workers[0]
+    conn = await asyncpg.connect(stack.env["DATABASE_URL"])
+    try:
+        await conn.execute(
+            """
+            CREATE SEQUENCE fault_once;
+            CREATE FUNCTION fault_refuse_once() RETURNS trigger LANGUAGE plpgsql AS $$
+            BEGIN
+                -- nextval is not rolled back with the refused statement: refuse once.
+                IF NEW.status = 'completed' AND nextval('fault_once') = 1 THEN
+                    RAISE EXCEPTION 'injected fault: completion refused once';
+                END IF;
+                RETURN NEW;
+            END $$;
+            CREATE TRIGGER fault_refuse_once BEFORE UPDATE ON tasks
+                FOR EACH ROW EXECUTE FUNCTION fault_refuse_once();
+            """
+        )
+    finally:
+        await conn.close()
+    async with VersionWatcher(stack.env["DATABASE_URL"]) as watcher:
+        task = await stack.submit("test.trace", {"sleep_s": 0.1, "trace": str(trace)})
+        done = await stack.wait_status(task["id"], timeout=ACK_WAIT_S * 3 + 10)
+        assert done["status"] == "completed", done
+        assert statuses(await executions(stack, task["id"])) == ["succeeded"]
+        assert [r.how for r in runs(trace)] == ["returned"]
+        after = await stack.submit("demo", {"n": 1})
+        assert (await stack.wait_status(after["id"], timeout=15))["status"] == "completed"
+        report = await check_invariants(
+            stack, [task["id"], after["id"]], deadline_s=10, watcher=watcher
+        )
+    report.assert_ok()
+    assert worker.running
+    port = worker.events("service_ready")[-1]["metrics_port"]
+    metrics = await scrape(stack.http, f"http://127.0.0.1:{port}/metrics")
+    assert metrics.value("taskflow_loop_errors_total", error="RaiseError") == 1

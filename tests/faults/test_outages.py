@@ -14,17 +14,19 @@ import itertools
 import os
 import signal
 import time
+from pathlib import Path
 from typing import Any
 
 import asyncpg
 import pytest
 
-from taskflow_common.devstack.servers import NatsServer
+from taskflow_devstack.servers import NatsServer
 from tests.faults.conftest import ACK_WAIT_S, MakeStack
 from tests.support.faults import consumer_info, db_now, executions, statuses
 from tests.support.invariants import VersionWatcher, check_invariants
 from tests.support.pg import PgHandle
 from tests.support.stack import Stack, parse_ts
+from tests.support.traces import runs
 from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.faults
@@ -33,6 +35,21 @@ OUTAGE_S = 3.0
 """How long a server stays down (the issue's ~5 s; long enough for every client to notice)."""
 RECOVERY_S = 15.0
 """Tasks must complete within this long after the server is back (the issue's 30 s, halved)."""
+
+
+POOL_REFILL = pytest.mark.service_errors(
+    r'"event":"Failed to restore the pool connection floor; retrying","logger":"asyncpg\.pool"',
+    "the test stops Postgres: every service's asyncpg pool logs each failed refill of its "
+    "connection floor as a warning with the traceback",
+)
+"""What a Postgres stop makes every service log (declared by the tests that stop it)."""
+
+
+@pytest.fixture
+def database_url(embedded_database_url: str) -> str:
+    """Every scenario here on a Postgres the test may stop (``embedded_pg``), even when
+    ``TASKFLOW_TEST_DATABASE_URL``/``DATABASE_URL`` name an external server."""
+    return embedded_database_url
 
 
 def _pids(stack: Stack) -> list[int | None]:
@@ -164,8 +181,9 @@ async def test_retry_gaps_respect_the_backoff(make_stack: MakeStack) -> None:
 
 
 @pytest.mark.parametrize("fault", ["pause", "restart"])
+@POOL_REFILL
 async def test_postgres_outage_while_recording_uses_no_attempt(
-    make_stack: MakeStack, pg_server: PgHandle, fault: str
+    make_stack: MakeStack, embedded_pg: PgHandle, fault: str
 ) -> None:
     """Scenario 6b: Postgres away for 3 s while a worker records an attempt.
 
@@ -173,12 +191,13 @@ async def test_postgres_outage_while_recording_uses_no_attempt(
     recovery. ack_wait is 10 s here, so the outage is under a third of the lease as in
     the issue (3 s against 30 s), instead of outlasting it.
     """
-    server = pg_server.require_embedded()
+    server = embedded_pg.require_embedded()
     stack = await make_stack(workers=1, env={"WORKER_ACK_WAIT": "10s"})
     async with VersionWatcher(stack.env["DATABASE_URL"]) as watcher:
         task = await stack.submit("test.sleep", {"sleep_s": 0.5})
         await stack.wait_status(task["id"], {"processing"}, timeout=15)
         # The handler ends 0.5 s after its start: the worker records during the outage.
+        down_db = await db_now(stack)
         if fault == "pause":
             server.pause()
         else:
@@ -200,8 +219,17 @@ async def test_postgres_outage_while_recording_uses_no_attempt(
         assert took <= RECOVERY_S
         execs = await executions(stack, task["id"])
         assert statuses(execs) == ["succeeded"], execs
-        # The fault hit the recording: the handler was done before Postgres came back.
-        assert execs[0]["started"] + dt.timedelta(seconds=0.5) < back_db
+        # The fault hit THIS task's recording: its handler ended inside the outage (after
+        # the fault began, before Postgres was back), and the recording committed only
+        # after the outage (finished_at is the recording's now(); the outage lasted at
+        # least OUTAGE_S from down_db on the same clock).
+        handler_done = execs[0]["started"] + dt.timedelta(seconds=0.5)
+        window = f"outage {down_db:%T.%f}..{back_db:%T.%f}, handler done {handler_done:%T.%f}"
+        assert down_db < handler_done < back_db, f"the handler did not end in the outage: {window}"
+        recorded = execs[0]["finished"]
+        assert recorded >= down_db + dt.timedelta(seconds=OUTAGE_S), (
+            f"recorded at {recorded:%T.%f}, before the outage ended ({window})"
+        )
         assert done["attempts"] == 1
         normal = await consumer_info(stack.env, "normal")
         assert normal.num_redelivered <= 1
@@ -211,16 +239,32 @@ async def test_postgres_outage_while_recording_uses_no_attempt(
 
 
 @pytest.mark.parametrize("fault", ["pause", "restart"])
+@POOL_REFILL
+@pytest.mark.service_exits(
+    "KNOWN BUG, not by design: after a Postgres restart the dispatcher's reaper can die "
+    "of asyncpg's InternalClientError ('another operation is in progress'), which is not "
+    "in taskflow_common.retry.OUTAGE (seen in 1 of 2 runs); this scenario's task is "
+    "already published, so nothing else notices. Remove once the reaper survives it.",
+    service="dispatcher",
+)
+@pytest.mark.service_errors(
+    r"Traceback \(most recent call last\):  => asyncpg\.exceptions\._base\.InternalClientError",
+    "the same known dispatcher bug (its crash traceback)",
+    service="dispatcher",
+)
 async def test_postgres_outage_longer_than_the_lease_does_not_abandon_a_live_attempt(
-    make_stack: MakeStack, pg_server: PgHandle, fault: str
+    make_stack: MakeStack, embedded_pg: PgHandle, fault: str
 ) -> None:
     """Scenario 6, harsher: Postgres away for 1.5 x the lease while a handler runs.
 
-    The worker is alive throughout and renews its lease as soon as Postgres is back; an
-    infrastructure blip must not be booked as a lost worker (an abandoned, counted
-    attempt) nor start a second run on the other worker.
+    The worker is alive throughout; an infrastructure blip must not be booked as a lost
+    worker (an abandoned, counted attempt) nor start a second run alongside the first.
+    Since issue 11 item 4 a worker stops a handler whose lease it could not renew for
+    3/4 of the lease (it cannot tell an outage of its own, after which the reaper
+    abandons the attempt, from everyone's), so the attempt ends ``interrupted`` (not
+    counted) and the task runs again once Postgres is back.
     """
-    server = pg_server.require_embedded()
+    server = embedded_pg.require_embedded()
     stack = await make_stack(workers=2)
     async with VersionWatcher(stack.env["DATABASE_URL"]) as watcher:
         task = await stack.submit("test.sleep", {"sleep_s": ACK_WAIT_S * 3})
@@ -238,8 +282,10 @@ async def test_postgres_outage_longer_than_the_lease_does_not_abandon_a_live_att
                 server.start()
         done = await stack.wait_status(task["id"], timeout=ACK_WAIT_S * 3 + RECOVERY_S)
         assert done["status"] == "completed", done
+        assert done["failed_attempts"] == 0
         execs = await executions(stack, task["id"])
-        assert statuses(execs) == ["succeeded"], execs
+        assert statuses(execs) == ["interrupted", "succeeded"], execs
+        assert execs[0]["error"] == "lease not renewed; stopped"
         report = await check_invariants(stack, [task["id"]], deadline_s=10, watcher=watcher)
     report.assert_ok()
 
@@ -247,8 +293,9 @@ async def test_postgres_outage_longer_than_the_lease_does_not_abandon_a_live_att
 HOLD_CLAIM = 4_242_003
 
 
+@POOL_REFILL
 async def test_a_claim_that_commits_after_the_worker_gave_up_is_not_lost(
-    make_stack: MakeStack, pg_server: PgHandle
+    make_stack: MakeStack, embedded_pg: PgHandle
 ) -> None:
     """Scenario 6, the claim's side: Postgres commits a claim its worker timed out on.
 
@@ -257,7 +304,7 @@ async def test_a_claim_that_commits_after_the_worker_gave_up_is_not_lost(
     then the claim commits anyway. The worker believed it failed and nak'd: the
     redelivery must run that attempt, not leave it to expire and count as a failure.
     """
-    server = pg_server.require_embedded()
+    server = embedded_pg.require_embedded()
     stack = await make_stack(workers=1, worker_env={"DB_STATEMENT_TIMEOUT": "1s"})
     worker = stack.workers[0]
     holder = await asyncpg.connect(stack.env["DATABASE_URL"])
@@ -308,3 +355,40 @@ async def test_a_claim_that_commits_after_the_worker_gave_up_is_not_lost(
         report.assert_ok()
     finally:
         await holder.close()
+
+
+GIVE_UP_S = 4.0
+"""The worker's former record give-up deadline, scaled down (the issue's max(60 s, 4 x
+ack_wait); ``WORKER_RECORD_GIVE_UP`` set it until the fix removed it)."""
+
+
+async def test_a_success_is_recorded_after_an_outage_longer_than_the_give_up_deadline(
+    make_stack: MakeStack, pg_server: PgHandle, tmp_path: Path
+) -> None:
+    """Issue 11 item 1: the handler succeeded, then Postgres is away 2 x the give-up deadline.
+
+    The issue's ~2 minutes against ``max(60 s, 4 x ack_wait)``, scaled to 8 s against 4 s.
+    A success thrown away is either abandoned (with ``max_attempts=1`` the task ends
+    ``failed`` and dead-lettered) or, when the redelivery comes back to the same worker
+    first, run a second time. It must instead be recorded once Postgres is back: one
+    run of the handler, no attempt used.
+    """
+    trace = tmp_path / "trace.jsonl"
+    server = pg_server.require_embedded()
+    stack = await make_stack(workers=1, env={"WORKER_MAX_ATTEMPTS": "1"})
+    async with VersionWatcher(stack.env["DATABASE_URL"]) as watcher:
+        task = await stack.submit("test.trace", {"sleep_s": 0.5, "trace": str(trace)})
+        await stack.wait_status(task["id"], {"processing"}, timeout=15)
+        server.stop(mode="fast")
+        try:
+            await asyncio.sleep(GIVE_UP_S * 2)  # the outage's duration (the fault itself)
+        finally:
+            server.start()
+        done = await stack.wait_status(task["id"], timeout=RECOVERY_S)
+        assert done["status"] == "completed", done
+        assert (done["attempts"], done["failed_attempts"]) == (1, 0)
+        assert statuses(await executions(stack, task["id"])) == ["succeeded"]
+        assert [r.how for r in runs(trace)] == ["returned"]
+        report = await check_invariants(stack, [task["id"]], deadline_s=10, watcher=watcher)
+    report.assert_ok()
+    assert report.dead_letters == 0

@@ -73,6 +73,7 @@ async def test_one_completion_for_many_attempts_fenced_row_by_row(db: asyncpg.Co
     tasks = [await _new_task(db) for _ in range(4)]
     claims = await claim_store.claim_many(db, [(t, 1) for t in tasks], "w1", 30.0)
     # Fenced: one attempt was cancelled meanwhile, one is given a wrong attempt number.
+    await db.execute("UPDATE tasks SET status = 'cancelled' WHERE id = $1", tasks[2])
     assert await attempts.mark_cancelled(db, tasks[2], 1, "cancelled by request")
     rows = [
         (tasks[0], 1, '{"r": 0}'),

@@ -246,6 +246,7 @@ async def test_replay_requeues_with_a_fresh_budget(conn: asyncpg.Connection) -> 
     task_id = await insert_task(conn, dead_letter_pending=True, version=7)
     await deadletters.record(conn, f"dlq:{task_id}:3", letter(task_id))
     await deadletters.record(conn, f"dlq:{task_id}:1", letter(task_id, attempts=1))
+    # An older failure's dead letter (recorded resolved: the task moved on), discarded.
     await conn.execute(
         "UPDATE dead_letters SET status = 'discarded' WHERE dedupe_key = $1", f"dlq:{task_id}:1"
     )
@@ -274,7 +275,7 @@ async def test_replay_requeues_with_a_fresh_budget(conn: asyncpg.Connection) -> 
     }
     assert letters == {
         f"dlq:{task_id}:3": ("replayed", True),
-        f"dlq:{task_id}:1": ("discarded", False),
+        f"dlq:{task_id}:1": ("discarded", True),
     }
 
 
@@ -288,8 +289,9 @@ async def test_replay_of_a_cancelled_task(conn: asyncpg.Connection) -> None:
 async def test_replay_refuses_live_or_completed_tasks(
     conn: asyncpg.Connection, status: str
 ) -> None:
-    task_id = await insert_task(conn, status=status)
-    await deadletters.record(conn, "k", letter(task_id))
+    task_id = await insert_task(conn)
+    await deadletters.record(conn, "k", letter(task_id))  # open: recorded while failed
+    await conn.execute("UPDATE tasks SET status = $2 WHERE id = $1", task_id, status)
     with pytest.raises(InvalidStateError, match=status) as info:
         await deadletters.replay(conn, task_id)
     assert info.value.code == "invalid_state"

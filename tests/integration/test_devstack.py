@@ -1,4 +1,4 @@
-"""The embedded servers and the dev stack CLI (``python -m taskflow_common.devstack``)."""
+"""The embedded servers and the dev stack CLI (``python -m taskflow_devstack``)."""
 
 from __future__ import annotations
 
@@ -20,7 +20,8 @@ import pytest
 from nats.aio.client import Client
 from nats.js.api import StreamConfig
 
-from taskflow_common.devstack.servers import (
+from taskflow_devstack.commands import run
+from taskflow_devstack.servers import (
     NatsServer,
     PostgresServer,
     free_port,
@@ -28,7 +29,7 @@ from taskflow_common.devstack.servers import (
     port_is_free,
     preferred_port,
 )
-from taskflow_common.devstack.stack import Stack, run
+from taskflow_devstack.stack import Stack
 from tests.support.pg import PgHandle, drop_database
 from tests.support.waiting import wait_for
 
@@ -164,9 +165,9 @@ async def test_embedded_postgres_starts_answers_restarts_and_stops(
     assert port_is_free(scratch_pg.port)
 
 
-async def test_embedded_postgres_pause_blocks_until_resume(pg_server: PgHandle) -> None:
-    server = pg_server.require_embedded()
-    conn = await asyncpg.connect(pg_server.admin_url)
+async def test_embedded_postgres_pause_blocks_until_resume(embedded_pg: PgHandle) -> None:
+    server = embedded_pg.require_embedded()
+    conn = await asyncpg.connect(embedded_pg.admin_url)
     try:
         server.pause()
         try:
@@ -176,7 +177,7 @@ async def test_embedded_postgres_pause_blocks_until_resume(pg_server: PgHandle) 
             server.resume()
     finally:
         conn.terminate()
-    conn = await asyncpg.connect(pg_server.admin_url)
+    conn = await asyncpg.connect(embedded_pg.admin_url)
     try:
         assert await conn.fetchval("SELECT 1") == 1
     finally:
@@ -185,7 +186,7 @@ async def test_embedded_postgres_pause_blocks_until_resume(pg_server: PgHandle) 
 
 def _devstack(args: list[str], env: dict[str, str], repo: Path) -> subprocess.Popen[str]:
     return subprocess.Popen(
-        [sys.executable, "-m", "taskflow_common.devstack", *args],
+        [sys.executable, "-m", "taskflow_devstack", *args],
         cwd=repo,
         env=env,
         stdin=subprocess.DEVNULL,

@@ -23,8 +23,13 @@ if os.environ.get("FAKE_FAIL"):
     log("start_failed", error="boom")
     sys.exit(3)
 log("service_ready", service="fake", nats=os.environ.get("NATS_URL"))
+if os.environ.get("FAKE_ERROR"):
+    print(json.dumps({"level": "error", "event": os.environ["FAKE_ERROR"]}), file=sys.stderr)
+if os.environ.get("FAKE_CRASH"):
+    sys.exit(int(os.environ["FAKE_CRASH"]))
 stop.wait()
 log("service_stopped")
+sys.exit(int(os.environ.get("FAKE_EXIT", "0")))
 """
 
 
@@ -108,3 +113,59 @@ async def test_services_fixture_stops_what_it_started(services: ServiceFactory) 
     assert first.returncode == 0
     assert second.returncode == 0
     assert "service_stopped" in services.report()
+
+
+async def _ended(tmp_path: Path, env: dict[str, str], **allow: str) -> str | None:
+    """Start the fake with ``env``, stop it, and return what the teardown check says."""
+    factory = ServiceFactory(tmp_path)
+    proc = await factory.start("fake", env, argv=_argv())
+    if allow:
+        factory.allow(allow["pattern"], allow["reason"])
+    if "FAKE_CRASH" in env:
+        await wait_for(lambda: not proc.running, 10, what="the crash")
+    await factory.stop_all()
+    try:
+        factory.verify()
+    except AssertionError as exc:
+        return str(exc)
+    return None
+
+
+async def test_a_clean_stop_passes_the_teardown_check(tmp_path: Path) -> None:
+    assert await _ended(tmp_path, {}) is None
+
+
+async def test_a_service_that_dies_during_the_test_fails_it(tmp_path: Path) -> None:
+    found = await _ended(tmp_path, {"FAKE_CRASH": "1"})
+    assert found is not None
+    assert "fake" in found
+    assert "exited with 1 by itself during the test" in found
+
+
+async def test_a_non_zero_exit_on_sigterm_fails_the_test(tmp_path: Path) -> None:
+    found = await _ended(tmp_path, {"FAKE_EXIT": "2"})
+    assert found is not None
+    assert "exited with 2 after SIGTERM" in found
+
+
+async def test_an_error_line_fails_the_test_unless_declared(tmp_path: Path) -> None:
+    found = await _ended(tmp_path / "a", {"FAKE_ERROR": "db_lost"})
+    assert found is not None
+    assert '"event": "db_lost"' in found
+    declared = await _ended(
+        tmp_path / "b", {"FAKE_ERROR": "db_lost"}, pattern="db_lost", reason="the test drops the db"
+    )
+    assert declared is None
+
+
+async def test_a_process_the_test_kills_or_waits_for_is_not_judged_by_its_code(
+    tmp_path: Path,
+) -> None:
+    factory = ServiceFactory(tmp_path)
+    killed = await factory.start("fake", {}, argv=_argv())
+    waited = await factory.start("fake", {"FAKE_EXIT": "4"}, argv=_argv())
+    killed.kill()
+    waited.terminate()
+    assert await waited.wait(10) == 4  # the test asserts on the code itself
+    await factory.stop_all()
+    factory.verify()

@@ -16,7 +16,7 @@ import nats
 import pytest
 from nats.js import api
 
-from taskflow_common.devstack.servers import NatsServer
+from taskflow_devstack.servers import NatsServer
 from tests.support.invariants import VersionWatcher, Violation, check_invariants
 from tests.support.procs import ServiceFactory
 from tests.support.stack import Stack

@@ -24,8 +24,9 @@ import asyncpg
 import pytest
 
 from taskflow_common import migrate
-from taskflow_common.devstack.servers import DevStackError, PostgresServer
-from taskflow_common.devstack.stack import quote_ident, test_pg_dir, test_pg_lock
+from taskflow_devstack.database import quote_ident
+from taskflow_devstack.rundir import test_pg_dir, test_pg_lock
+from taskflow_devstack.servers import DevStackError, PostgresServer
 
 TEMPLATE_PREFIX = "taskflow_tpl_"
 DATABASE_PREFIX = "taskflow_t_"

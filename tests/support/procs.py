@@ -4,7 +4,8 @@ A service is started as ``[sys.executable, "-m", "taskflow_<name>"]`` with the t
 environment; stdout and stderr go to one log file under the test's tmp dir. Readiness is
 the JSON log line ``{"event": "service_ready", ...}`` the service prints on stderr.
 :class:`ServiceFactory` (the ``services`` fixture) stops everything it started at
-teardown and kills leftovers by PID.
+teardown, kills leftovers by PID, and then checks how each one ended (exit code, ERROR
+and Traceback lines in its log; see :mod:`tests.support.exits`).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from typing import Any, Self
 import psutil  # type: ignore[import-untyped]
 
 from taskflow_common.config import CommonSettings
+from tests.support import exits
 from tests.support.waiting import wait_for
 
 READY_EVENT = "service_ready"
@@ -70,6 +72,24 @@ class ServiceProcess:
         self.log_path = log_path
         self.cwd = cwd
         self.proc: subprocess.Popen[bytes] | None = None
+        # How it ended, for the teardown check (tests.support.exits).
+        self.expected_exit: str | None = None
+        self.exit_seen = False
+        self.forced = False
+        self.died_by_itself = False
+        self.terminated = False  # SIGTERM sent (by the test or by stop())
+        self.stop_timeout_s = 10.0
+        self.allowed: list[exits.Allowance] = []
+
+    def expect_exit(self, reason: str) -> None:
+        """Say that this process may end with any code (the test makes it die): why."""
+        if not reason.strip():
+            raise ValueError("expect_exit needs a reason")
+        self.expected_exit = reason
+
+    def allow_log(self, pattern: str, reason: str) -> None:
+        """Accept ERROR/Traceback lines of this process matching ``pattern`` (a regex)."""
+        self.allowed.append(exits.Allowance.of(pattern, reason))
 
     def __repr__(self) -> str:
         return f"<ServiceProcess {self.name} pid={self.pid} rc={self.returncode}>"
@@ -136,6 +156,8 @@ class ServiceProcess:
     def send(self, sig: signal.Signals) -> None:
         """Send ``sig`` to the process (ignored once it has exited)."""
         if self.running and self.proc is not None:
+            if sig in (signal.SIGTERM, signal.SIGINT):
+                self.terminated = True
             with contextlib.suppress(ProcessLookupError):
                 self.proc.send_signal(sig)
 
@@ -144,7 +166,9 @@ class ServiceProcess:
         self.send(signal.SIGTERM)
 
     def kill(self) -> None:
-        """SIGKILL: a crash, with no chance to clean up."""
+        """SIGKILL: a crash, with no chance to clean up (so its exit code is not checked)."""
+        if self.expected_exit is None:
+            self.expected_exit = "killed by the test (SIGKILL)"
         self.send(signal.SIGKILL)
 
     def pause(self) -> None:
@@ -158,23 +182,61 @@ class ServiceProcess:
     async def wait(self, timeout: float = 10.0) -> int:
         """Wait up to ``timeout`` s for the exit; return the code (negative: killed by signal).
 
-        Raises ``AssertionError`` if it is still running at the deadline.
+        The caller owns the code from here (it asserts on it): the teardown check does
+        not judge it again. Raises ``AssertionError`` if it is still running at the
+        deadline.
         """
+        code = await self._wait(timeout)
+        self.exit_seen = True
+        return code
+
+    async def _wait(self, timeout: float) -> int:
         await wait_for(lambda: not self.running, timeout, what=f"{self.name} to exit")
         assert self.proc is not None
         return self.proc.wait()
 
     async def stop(self, timeout: float = 10.0) -> int | None:
-        """SIGTERM, wait up to ``timeout`` s, SIGKILL if needed; return the exit code."""
+        """SIGTERM, wait up to ``timeout`` s, SIGKILL if needed; return the exit code.
+
+        The code is still checked at teardown (unless the caller asserts on it and
+        says so with :meth:`wait` or :meth:`expect_exit`): a stop must be clean.
+        """
         if self.proc is None:
             return None
+        if self.proc.poll() is not None:
+            # Exited before this stop: by itself, unless it was told to (or killed).
+            self.died_by_itself = not self.terminated and self.expected_exit is None
+            return self.proc.returncode
+        self.stop_timeout_s = timeout
         self.resume()  # a stopped process cannot act on SIGTERM
         self.terminate()
         try:
-            return await self.wait(timeout)
+            return await self._wait(timeout)
         except AssertionError:
+            self.forced = True
             self.cleanup()
             return self.proc.wait()
+
+    def problems(self, allowed: Sequence[exits.Allowance] = ()) -> str | None:
+        """How this process ended, if wrong (exit code, unallowed ERROR lines), else None."""
+        if self.proc is None:
+            return None
+        if self.proc.poll() is None:
+            note: str | None = "still running at the check"
+        else:
+            note = exits.exit_problem(
+                self.proc.returncode,
+                expected=self.expected_exit,
+                seen=self.exit_seen,
+                forced=self.forced,
+                died_by_itself=self.died_by_itself,
+                timeout_s=self.stop_timeout_s,
+            )
+        rules = [*allowed, *self.allowed]
+        lines = exits.error_lines(self.logs(), rules)
+        if note is None and not lines:
+            return None
+        return exits.describe(self.name, self.pid, str(self.log_path), note, lines, rules)
 
     def cleanup(self) -> None:
         """Kill the process and any children it left, by PID. Safe to call repeatedly."""
@@ -233,6 +295,37 @@ class ServiceFactory:
         self.log_dir = log_dir
         self.cwd = cwd
         self.started: list[ServiceProcess] = []
+        self.allowed: list[exits.Allowance] = []
+        self._later: list[tuple[str, exits.Allowance]] = []
+        self._exits: list[tuple[str | None, str]] = []
+
+    def expect_exits(self, reason: str, *, service: str | None = None) -> None:
+        """Let every process of this test (or of ``service``) end with any exit code.
+
+        For tests whose processes die by design (a handler that kills its worker);
+        ``reason`` says why. Their logs are still checked.
+        """
+        if not reason.strip():
+            raise ValueError("expect_exits needs a reason")
+        self._exits.append((service, reason))
+        for proc in self.started:
+            if service in (None, proc.name):
+                proc.expect_exit(reason)
+
+    def allow(self, pattern: str, reason: str, *, service: str | None = None) -> None:
+        """Accept ERROR/Traceback lines matching ``pattern`` (a regex) in this test's logs.
+
+        For every service of the test, or only those named ``service`` (``worker``...).
+        The test causes these errors on purpose; ``reason`` says how.
+        """
+        rule = exits.Allowance.of(pattern, reason)
+        if service is None:
+            self.allowed.append(rule)
+            return
+        for proc in self.started:
+            if proc.name == service:
+                proc.allowed.append(rule)
+        self._later.append((service, rule))
 
     async def start(
         self,
@@ -249,6 +342,10 @@ class ServiceFactory:
         """
         log_path = self.log_dir / f"{name}-{len(self.started)}.log"
         proc = ServiceProcess(name, env, log_path, argv=argv, cwd=self.cwd)
+        proc.allowed += [rule for svc, rule in self._later if svc == name]
+        for svc, reason in self._exits:
+            if svc in (None, name):
+                proc.expect_exit(reason)
         self.started.append(proc.start())
         if ready:
             await proc.wait_ready(timeout)
@@ -257,10 +354,24 @@ class ServiceFactory:
     async def stop_all(self, timeout: float = 10.0) -> None:
         """Stop every started service concurrently (SIGTERM, then SIGKILL), then clean up."""
         try:
-            await asyncio.gather(*(p.stop(timeout) for p in self.started if p.running))
+            await asyncio.gather(*(p.stop(timeout) for p in self.started))
         finally:
             for proc in self.started:
                 proc.cleanup()
+
+    def verify(self) -> None:
+        """Raise ``AssertionError`` naming each service that ended badly, with its lines.
+
+        Call after :meth:`stop_all` (the ``services`` fixture does, at teardown).
+        """
+        found = [p.problems(self.allowed) for p in self.started]
+        bad = [f for f in found if f]
+        if bad:
+            raise AssertionError(
+                "a service ended badly (tests/support/exits.py; a test that causes these "
+                "on purpose declares them with services.allow(pattern, reason) or "
+                "proc.expect_exit(reason)):\n" + "\n".join(bad)
+            )
 
     def report(self) -> str:
         """Each service's exit code and log tail (printed at teardown; shown on failure)."""

@@ -2,7 +2,13 @@
 
 ``Scrape`` holds one parsed answer (prometheus-client's own text parser): its families
 (name and type) and its samples; :meth:`Scrape.value` sums the samples of one series name
-whose labels include the given ones (0.0 when none does, as ``sum(...) or vector(0)``).
+whose labels include the given ones.
+
+A series the scrape does not declare at all (no ``# TYPE`` family for it: a metric
+renamed or dropped), or a label no sample of it carries, raises :class:`MissingSeries`:
+a check like ``value(...) == 0`` must not pass because the metric is gone. A declared
+family whose matching labelled child was never used sums to 0.0 (prometheus-client only
+exports a child once it is touched), as ``sum(...) or vector(0)`` would.
 """
 
 from __future__ import annotations
@@ -13,6 +19,20 @@ from dataclasses import dataclass
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import CollectorRegistry
+
+_SUFFIXES = {
+    "counter": ("_total", "_created"),
+    "gauge": ("",),
+    "histogram": ("_bucket", "_count", "_sum", "_created"),
+    "gaugehistogram": ("_bucket", "_gcount", "_gsum"),
+    "summary": ("", "_count", "_sum", "_created"),
+    "info": ("_info",),
+}
+"""The sample names the text format gives a family of each type (``name + suffix``)."""
+
+
+class MissingSeries(AssertionError):
+    """A series (or a label of it) that the scrape does not have: renamed or dropped."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,17 +51,41 @@ class Scrape:
     families: set[tuple[str, str]]
     samples: list[Sample]
 
+    def declares(self, name: str) -> bool:
+        """True when a family of this scrape owns the sample name ``name``."""
+        return any(
+            name == family + suffix
+            for family, kind in self.families
+            for suffix in _SUFFIXES.get(kind, ("",))
+        )
+
+    def _series(self, name: str, labels: tuple[str, ...]) -> list[Sample]:
+        """The ``name`` samples; :class:`MissingSeries` if undeclared or a label is unknown."""
+        if not self.declares(name):
+            known = sorted(f for f, _ in self.families if f.startswith("taskflow_"))
+            raise MissingSeries(f"no series {name!r} in this scrape; its families: {known}")
+        samples = [s for s in self.samples if s.name == name]
+        keys = {k for s in samples for k in s.labels}
+        unknown = [k for k in labels if samples and k not in keys]
+        if unknown:
+            raise MissingSeries(f"{name} has no label {unknown} (its labels: {sorted(keys)})")
+        return samples
+
     def value(self, name: str, **labels: str) -> float:
-        """Sum of the ``name`` samples whose labels include ``labels``."""
+        """Sum of the ``name`` samples whose labels include ``labels`` (0.0 if none do).
+
+        Raises :class:`MissingSeries` when the scrape does not declare ``name`` or no
+        sample of it has one of the ``labels`` keys.
+        """
         return sum(
             s.value
-            for s in self.samples
-            if s.name == name and all(s.labels.get(k) == v for k, v in labels.items())
+            for s in self._series(name, tuple(labels))
+            if all(s.labels.get(k) == v for k, v in labels.items())
         )
 
     def label_values(self, name: str, label: str) -> set[str]:
-        """Every value ``label`` takes on ``name`` samples."""
-        return {s.labels[label] for s in self.samples if s.name == name and label in s.labels}
+        """Every value ``label`` takes on ``name`` samples (:class:`MissingSeries` as above)."""
+        return {s.labels[label] for s in self._series(name, (label,)) if label in s.labels}
 
 
 def parse(text: str) -> Scrape:
@@ -70,5 +114,8 @@ async def scrape(client: httpx.AsyncClient, url: str) -> Scrape:
 
 
 def total(scrapes: Iterable[Scrape], name: str, **labels: str) -> float:
-    """:meth:`Scrape.value` summed over several processes (e.g. every worker)."""
+    """:meth:`Scrape.value` summed over several processes (e.g. every worker).
+
+    Raises :class:`MissingSeries` as :meth:`Scrape.value` does, for any of them.
+    """
     return sum(s.value(name, **labels) for s in scrapes)

@@ -183,6 +183,23 @@ class Stack:
         return json.loads(out.stdout)  # type: ignore[no-any-return]
 
 
+async def post(stack: Stack, path: str, **kwargs: Any) -> httpx.Response:
+    """POST to the ingest API at ``path`` (under ``/api/v1``); return the response."""
+    return await stack.http.post(f"{stack.api_url}{path}", **kwargs)
+
+
+async def execution_started(stack: Stack, task_id: str) -> dict[str, Any]:
+    """Wait up to 30 s for the task's latest execution to be ``started``; return it."""
+
+    async def started() -> dict[str, Any] | None:
+        execs = await stack.executions(task_id)
+        return execs[-1] if execs and execs[-1]["status"] == "started" else None
+
+    found = await wait_for(started, 30, interval=0.02, what=f"task {task_id} to start")
+    assert found is not None
+    return dict(found)
+
+
 def _base_env() -> dict[str, str]:
     import os
 

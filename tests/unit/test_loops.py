@@ -89,3 +89,21 @@ async def test_waits_what_the_pass_asks_unless_woken() -> None:
 
     await asyncio.wait_for(run_loop("woken", iteration, stop, errors=None, wake=wake), timeout=5)
     assert passes == 2
+
+
+async def test_a_wake_during_a_pass_is_not_lost() -> None:
+    """A notification that arrives while a pass runs makes the next pass start at once."""
+    stop, wake = asyncio.Event(), asyncio.Event()
+    passes = 0
+
+    async def iteration() -> float | None:
+        nonlocal passes
+        passes += 1
+        if passes == 1:
+            wake.set()  # arrives mid-pass, e.g. a NOTIFY for work this pass did not see
+        else:
+            stop.set()
+        return 3600.0
+
+    await asyncio.wait_for(run_loop("mid", iteration, stop, errors=None, wake=wake), timeout=5)
+    assert passes == 2

@@ -59,5 +59,14 @@ def test_bad_dead_letters_raise_malformed(data: bytes) -> None:
 def test_cancel_request_round_trips_and_rejects_garbage() -> None:
     req = CancelRequest(uuid.uuid4())
     assert CancelRequest.decode(req.encode()) == req
+    fenced = CancelRequest(uuid.uuid4(), 3)
+    assert CancelRequest.decode(fenced.encode()) == fenced
     with pytest.raises(MalformedMessage):
         CancelRequest.decode(b'{"task": 1}')
+    for attempt in (b'"2"', b"0", b"true", b"1.5"):
+        with pytest.raises(MalformedMessage):
+            CancelRequest.decode(
+                b'{"task_id": "%s", "attempt": %s}' % (str(req.task_id).encode(), attempt)
+            )
+    with pytest.raises(MalformedMessage):
+        CancelRequest.decode(b"[1]")

@@ -1,7 +1,7 @@
 """The REST calls as data: what to send and how to read the answer (no I/O here).
 
-Each function returns a :class:`Call`; :class:`~taskflow_client.client.AsyncClient` and
-:class:`~taskflow_client.client.Client` send it with httpx's async or sync client and
+Each function returns a :class:`Call`; :class:`~taskflow_client.async_client.AsyncClient` and
+:class:`~taskflow_client.sync_client.Client` send it with httpx's async or sync client and
 hand the response to :func:`finish`. Keeping requests and parsing here means the two
 clients differ only in ``await``.
 """
@@ -54,7 +54,7 @@ class Call(Generic[T]):
     timeout (a long poll holds the response that long on purpose).
     """
 
-    method: Literal["GET", "POST"]
+    method: Literal["GET", "POST", "PATCH", "DELETE"]
     service: Literal["api", "dlq"]
     path: str
     read: Callable[[Any], T]
@@ -88,14 +88,15 @@ def task_id(value: TaskId) -> str:
 def finish(call: Call[T], resp: httpx.Response) -> T:
     """Return ``call.read`` of the response's JSON; raise the problem as an exception.
 
-    Raises :class:`~taskflow_client.errors.TaskFlowAPIError` (or a subclass by status)
-    for 4xx/5xx, and one with code ``invalid_response`` for a 2xx body that is not the
+    A 204 (no content) is read as None. Raises
+    :class:`~taskflow_client.errors.TaskFlowAPIError` (or a subclass by status) for
+    4xx/5xx, and one with code ``invalid_response`` for a 2xx body that is not the
     documented JSON.
     """
     if resp.status_code >= 400:
         raise errors.from_response(resp)
     try:
-        return call.read(resp.json())
+        return call.read(None if resp.status_code == 204 else resp.json())
     except (ValueError, KeyError, TypeError, AttributeError) as exc:
         raise errors.invalid_response(exc, str(resp.request.url)) from exc
 
@@ -174,9 +175,10 @@ def list_tasks(
     tags: Mapping[str, str] | None,
     limit: int,
     cursor: str | None,
+    schedule: str | None = None,
 ) -> Call[Page[Task]]:
     """``GET /tasks`` with equality filters, ``tag=k:v`` per tag, and a page cursor."""
-    params = _params(status=status, type=type, priority=priority, cursor=cursor)
+    params = query(status=status, type=type, priority=priority, schedule=schedule, cursor=cursor)
     params += [("tag", f"{k}:{v}") for k, v in (tags or {}).items()]
     params.append(("limit", str(limit)))
     return Call("GET", "api", "/tasks", _task_page, params=params)
@@ -206,7 +208,7 @@ def dead_letters(
     cursor: str | None,
 ) -> Call[Page[DeadLetter]]:
     """dlq-monitor ``GET /dlq`` (newest first)."""
-    params = _params(status=status, type=type, q=q, cursor=cursor)
+    params = query(status=status, type=type, q=q, cursor=cursor)
     params.append(("limit", str(limit)))
     return Call("GET", "dlq", "/dlq", _dead_letter_page, params=params)
 
@@ -216,7 +218,8 @@ def replay(tid: TaskId) -> Call[Task]:
     return Call("POST", "dlq", f"/dlq/{task_id(tid)}/replay", _task)
 
 
-def _params(**values: str | None) -> list[tuple[str, str]]:
+def query(**values: str | None) -> list[tuple[str, str]]:
+    """The query parameters among ``values`` that are set, in order."""
     return [(k, v) for k, v in values.items() if v is not None]
 
 

@@ -2,7 +2,7 @@
 
 Talks to the ingest API (``--api-url``, env ``TASKFLOW_API_URL``, default
 ``http://127.0.0.1:8080``) and the dlq-monitor (``--dlq-url``, env ``TASKFLOW_DLQ_URL``,
-default ``http://127.0.0.1:8081``) through :class:`taskflow_client.client.Client`.
+default ``http://127.0.0.1:8081``) through :class:`taskflow_client.sync_client.Client`.
 Tables by default; ``--json`` prints the API's own JSON (an object, or an array for
 lists) for scripts. ``--wait`` shows a spinner on stderr when stderr is a terminal.
 
@@ -16,37 +16,32 @@ task still running.
 from __future__ import annotations
 
 import enum
-import json
 import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
-from typing import Annotated, Any, NoReturn
+from typing import Annotated, NoReturn
 
 import typer
 from rich.console import Console
 
-from taskflow_client import render
-from taskflow_client.client import DEFAULT_API_URL, DEFAULT_DLQ_URL, Client
-from taskflow_client.errors import NotFound, TaskFlowAPIError, Unavailable, ValidationFailed
+from taskflow_client import render, tools
+from taskflow_client.cli_base import (
+    EPILOG,
+    EXIT_OK,
+    EXIT_STILL_RUNNING,
+    EXIT_TASK_FAILED,
+    EXIT_USAGE,
+    ApiUrl,
+    AsJson,
+    DlqUrl,
+    api_errors,
+    fail,
+    parse_payload,
+    parse_tags,
+    print_json,
+)
+from taskflow_client.endpoints import DEFAULT_API_URL, DEFAULT_DLQ_URL
 from taskflow_client.models import Task
-
-EXIT_OK = 0
-EXIT_TASK_FAILED = 1
-EXIT_USAGE = 2
-EXIT_NOT_FOUND = 3
-EXIT_UNAVAILABLE = 4
-EXIT_REFUSED = 5
-EXIT_STILL_RUNNING = 6
-EXIT_CODES = {
-    EXIT_OK: "ok",
-    EXIT_TASK_FAILED: "the waited-for task failed or was cancelled",
-    EXIT_USAGE: "usage error (bad arguments, or the API rejected the input)",
-    EXIT_NOT_FOUND: "not found",
-    EXIT_UNAVAILABLE: "API unreachable, timed out or unavailable",
-    EXIT_REFUSED: "the API refused the request (e.g. 409 invalid_state) or failed (5xx)",
-    EXIT_STILL_RUNNING: "--wait/wait timed out with the task not finished",
-}
-_EPILOG = "Exit codes: " + "; ".join(f"{code} {text}" for code, text in EXIT_CODES.items())
+from taskflow_client.schedules_cli import schedules_app
+from taskflow_client.sync_client import Client
 
 
 class PriorityChoice(enum.StrEnum):
@@ -81,24 +76,12 @@ app = typer.Typer(
     add_completion=False,
     no_args_is_help=True,
     help="Submit and inspect TaskFlow tasks through the REST API.",
-    epilog=_EPILOG,
+    epilog=EPILOG,
 )
 dlq_app = typer.Typer(no_args_is_help=True, help="Dead letters (through the dlq-monitor).")
 app.add_typer(dlq_app, name="dlq")
+app.add_typer(schedules_app, name="schedules")
 
-ApiUrl = Annotated[
-    str,
-    typer.Option(
-        "--api-url", envvar="TASKFLOW_API_URL", help="Ingest API base URL.", show_envvar=True
-    ),
-]
-DlqUrl = Annotated[
-    str,
-    typer.Option(
-        "--dlq-url", envvar="TASKFLOW_DLQ_URL", help="dlq-monitor base URL.", show_envvar=True
-    ),
-]
-AsJson = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
 TaskIdArg = Annotated[str, typer.Argument(metavar="ID", help="Task id (UUID).")]
 WaitTimeout = Annotated[
     float,
@@ -109,34 +92,9 @@ WaitTimeout = Annotated[
 # -- plumbing ---------------------------------------------------------------------------
 
 
-def _fail(message: str, code: int) -> NoReturn:
-    print(f"taskflow: {message}", file=sys.stderr)
-    raise typer.Exit(code)
-
-
-@contextmanager
-def _api_errors() -> Iterator[None]:
-    """Map client errors onto exit codes, with the problem on stderr."""
-    try:
-        yield
-    except NotFound as exc:
-        _fail(str(exc), EXIT_NOT_FOUND)
-    except Unavailable as exc:
-        _fail(str(exc), EXIT_UNAVAILABLE)
-    except ValidationFailed as exc:
-        lines = [str(exc), *(f"  {e.field}: {e.message}" for e in exc.errors)]
-        _fail("\n".join(lines), EXIT_USAGE)
-    except TaskFlowAPIError as exc:
-        _fail(str(exc), EXIT_REFUSED)
-
-
-def _print_json(value: Any) -> None:
-    sys.stdout.write(json.dumps(value, indent=2, ensure_ascii=False) + "\n")
-
-
 def _show_task(task: Task, as_json: bool) -> None:
     if as_json:
-        _print_json(dict(task.raw))
+        print_json(dict(task.raw))
     else:
         render.stdout_console().print(render.task_table(task))
 
@@ -153,34 +111,11 @@ def _wait(tf: Client, task_id: str, timeout_s: float) -> Task:
 def _finish_wait(task: Task, timeout_s: float, as_json: bool) -> NoReturn:
     _show_task(task, as_json)
     if not task.terminal:
-        _fail(f"task {task.id} is still {task.status} after {timeout_s:g} s", EXIT_STILL_RUNNING)
+        fail(f"task {task.id} is still {task.status} after {timeout_s:g} s", EXIT_STILL_RUNNING)
     if task.status != "completed":
         print(f"taskflow: task {task.id} {task.status}", file=sys.stderr)
         raise typer.Exit(EXIT_TASK_FAILED)
     raise typer.Exit(EXIT_OK)
-
-
-def _payload(text: str | None) -> Any:
-    if text is None:
-        return None
-    if text == "-":
-        text = sys.stdin.read()
-    try:
-        return json.loads(text)
-    except ValueError as exc:
-        raise typer.BadParameter(f"not valid JSON: {exc}", param_hint="PAYLOAD_JSON") from None
-
-
-def _tags(values: list[str] | None) -> dict[str, str] | None:
-    if not values:
-        return None
-    tags: dict[str, str] = {}
-    for item in values:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise typer.BadParameter(f"expected KEY=VALUE, got {item!r}", param_hint="--tag")
-        tags[key] = value
-    return tags
 
 
 # -- commands ---------------------------------------------------------------------------
@@ -216,9 +151,9 @@ def submit(
     api_url: ApiUrl = DEFAULT_API_URL,
 ) -> None:
     """Submit a task; with --wait, wait for it and print its result."""
-    body = _payload(payload)
-    tags = _tags(tag)
-    with _api_errors(), Client(api_url) as tf:
+    body = parse_payload(payload)
+    tags = parse_tags(tag)
+    with api_errors(), Client(api_url) as tf:
         task = tf.submit(
             task_type,
             body,
@@ -238,7 +173,7 @@ def submit(
 @app.command()
 def get(task_id: TaskIdArg, as_json: AsJson = False, api_url: ApiUrl = DEFAULT_API_URL) -> None:
     """Show a task (status, attempts, payload, result, last error)."""
-    with _api_errors(), Client(api_url) as tf:
+    with api_errors(), Client(api_url) as tf:
         task = tf.get(task_id)
     _show_task(task, as_json)
 
@@ -251,7 +186,7 @@ def wait_command(
     api_url: ApiUrl = DEFAULT_API_URL,
 ) -> None:
     """Wait until a task finishes; exit 0 if it completed, 1 if it failed or was cancelled."""
-    with _api_errors(), Client(api_url) as tf:
+    with api_errors(), Client(api_url) as tf:
         done = _wait(tf, task_id, timeout)
     _finish_wait(done, timeout, as_json)
 
@@ -270,8 +205,8 @@ def list_command(
     api_url: ApiUrl = DEFAULT_API_URL,
 ) -> None:
     """List tasks, newest first."""
-    tags = _tags(tag)
-    with _api_errors(), Client(api_url) as tf:
+    tags = parse_tags(tag)
+    with api_errors(), Client(api_url) as tf:
         tasks = list(
             tf.list(
                 status=status.value if status else None,
@@ -283,7 +218,7 @@ def list_command(
             )
         )
     if as_json:
-        _print_json([dict(t.raw) for t in tasks])
+        print_json([dict(t.raw) for t in tasks])
     else:
         render.stdout_console().print(render.tasks_table(tasks))
 
@@ -293,10 +228,10 @@ def executions(
     task_id: TaskIdArg, as_json: AsJson = False, api_url: ApiUrl = DEFAULT_API_URL
 ) -> None:
     """List a task's attempts (worker, timing, error)."""
-    with _api_errors(), Client(api_url) as tf:
+    with api_errors(), Client(api_url) as tf:
         items = tf.executions(task_id)
     if as_json:
-        _print_json([dict(e.raw) for e in items])
+        print_json([dict(e.raw) for e in items])
     else:
         render.stdout_console().print(render.executions_table(items))
 
@@ -304,7 +239,7 @@ def executions(
 @app.command()
 def cancel(task_id: TaskIdArg, as_json: AsJson = False, api_url: ApiUrl = DEFAULT_API_URL) -> None:
     """Cancel a queued, retrying or running task (exit 5 if it already finished)."""
-    with _api_errors(), Client(api_url) as tf:
+    with api_errors(), Client(api_url) as tf:
         task = tf.cancel(task_id)
     _show_task(task, as_json)
 
@@ -312,7 +247,7 @@ def cancel(task_id: TaskIdArg, as_json: AsJson = False, api_url: ApiUrl = DEFAUL
 @app.command()
 def retry(task_id: TaskIdArg, as_json: AsJson = False, api_url: ApiUrl = DEFAULT_API_URL) -> None:
     """Queue a failed or cancelled task again with a fresh attempt budget."""
-    with _api_errors(), Client(api_url) as tf:
+    with api_errors(), Client(api_url) as tf:
         task = tf.retry(task_id)
     _show_task(task, as_json)
 
@@ -328,7 +263,7 @@ def dlq_list(
     dlq_url: DlqUrl = DEFAULT_DLQ_URL,
 ) -> None:
     """List dead letters, newest first."""
-    with _api_errors(), Client(dlq_url=dlq_url) as tf:
+    with api_errors(), Client(dlq_url=dlq_url) as tf:
         items = list(
             tf.dead_letters(
                 status=status.value if status else None,
@@ -338,7 +273,7 @@ def dlq_list(
             )
         )
     if as_json:
-        _print_json([dict(d.raw) for d in items])
+        print_json([dict(d.raw) for d in items])
     else:
         render.stdout_console().print(render.dead_letters_table(items))
 
@@ -350,7 +285,7 @@ def dlq_replay(
     dlq_url: DlqUrl = DEFAULT_DLQ_URL,
 ) -> None:
     """Queue a dead-lettered task again (it runs with a fresh attempt budget)."""
-    with _api_errors(), Client(dlq_url=dlq_url) as tf:
+    with api_errors(), Client(dlq_url=dlq_url) as tf:
         task = tf.replay(task_id)
     _show_task(task, as_json)
 
@@ -363,15 +298,15 @@ def dlq_replay(
 def js_info(ctx: typer.Context) -> None:
     """Show TaskFlow's JetStream streams and consumers (the js-info tool; try --help).
 
-    Every argument goes to js-info, which reads NATS_URL and the NATS_* names from the
-    environment and has its own exit codes (3 a stream is missing, 4 NATS unreachable).
+    Runs the installed ``js-info`` command with every argument: it reads NATS_URL and
+    the NATS_* names from the environment and has its own exit codes (3 a stream is
+    missing, 4 NATS unreachable), which become this command's. Exit 2 when js-info is
+    not installed. The client never imports the service: it only runs its command.
     """
-    try:
-        from taskflow_js_info.cli import app as js_info_app  # optional and slow to import
-    except ImportError:
-        _fail("js-info is not installed (pip install taskflow-js-info)", EXIT_USAGE)
-    # Standalone mode: js-info exits the process with its own exit code.
-    js_info_app(args=list(ctx.args), prog_name="taskflow js-info")
+    exe = tools.find_command("js-info")
+    if exe is None:
+        fail("js-info is not installed (pip install taskflow-js-info)", EXIT_USAGE)
+    raise typer.Exit(tools.hand_over(exe, ctx.args))
 
 
 def main() -> None:

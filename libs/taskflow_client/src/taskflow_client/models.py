@@ -77,7 +77,8 @@ class Task:
     ``version`` grows with every state change. ``result`` is the handler's return value
     (JSON) once ``completed``; ``last_error`` the latest failure text. ``run_at`` is
     when the task is (or was) due; ``timeout_s`` its per-attempt limit in seconds
-    (None: the worker's default); ``tags`` a string map.
+    (None: the worker's default); ``tags`` a string map; ``schedule`` and
+    ``scheduled_for`` the schedule and tick that made it (None: submitted).
     """
 
     id: uuid.UUID
@@ -98,6 +99,8 @@ class Task:
     run_at: dt.datetime | None = None
     timeout_s: float | None = None
     tags: Mapping[str, str] = field(default_factory=dict)
+    schedule: str | None = None
+    scheduled_for: dt.datetime | None = None
     raw: Mapping[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
     @property
@@ -130,6 +133,75 @@ class Task:
             run_at=parse_time(doc.get("run_at")),
             timeout_s=_opt_float(doc.get("timeout_s")),
             tags={str(k): str(v) for k, v in tags.items()},
+            schedule=doc.get("schedule"),
+            scheduled_for=parse_time(doc.get("scheduled_for")),
+            raw=dict(doc),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Schedule:
+    """A schedule as the ingest API shows it (``GET /api/v1/schedules/{name}``).
+
+    The task template (``task_type``, ``payload``, ``priority``, ``tags``,
+    ``max_attempts`` and ``timeout_s``, None: the server's defaults when a tick fires);
+    the cadence, ``cron`` read in ``timezone`` or ``every_s`` seconds; the policies
+    (``missed``: ``skip``/``catch_up`` up to ``catch_up_max`` ticks; ``overlap``:
+    ``allow``/``skip``/``queue``); ``next_fire_at``, and the last run: its tick
+    ``last_fire_at``, task ``last_task_id`` and that task's ``last_run_status``.
+    """
+
+    name: str
+    task_type: str
+    payload: Any
+    priority: str
+    tags: Mapping[str, str]
+    max_attempts: int | None
+    timeout_s: float | None
+    cron: str | None
+    timezone: str | None
+    every_s: float | None
+    missed: str
+    catch_up_max: int
+    overlap: str
+    paused: bool
+    next_fire_at: dt.datetime
+    last_fire_at: dt.datetime | None
+    last_task_id: uuid.UUID | None
+    last_run_status: str | None
+    version: int
+    created_at: dt.datetime
+    updated_at: dt.datetime
+    raw: Mapping[str, Any] = field(default_factory=dict, repr=False, compare=False)
+
+    @classmethod
+    def from_json(cls, doc: Mapping[str, Any]) -> Self:
+        """Build a Schedule from its API JSON object; raise ``ValueError`` if malformed."""
+        task = doc["task"]
+        tags = task.get("tags") or {}
+        max_attempts = task.get("max_attempts")
+        return cls(
+            name=str(doc["name"]),
+            task_type=str(task["type"]),
+            payload=task.get("payload"),
+            priority=str(task["priority"]),
+            tags={str(k): str(v) for k, v in tags.items()},
+            max_attempts=None if max_attempts is None else int(max_attempts),
+            timeout_s=_opt_float(task.get("timeout_s")),
+            cron=doc.get("cron"),
+            timezone=doc.get("timezone"),
+            every_s=_opt_float(doc.get("every_s")),
+            missed=str(doc["missed"]),
+            catch_up_max=int(doc["catch_up_max"]),
+            overlap=str(doc["overlap"]),
+            paused=bool(doc["paused"]),
+            next_fire_at=_time(doc, "next_fire_at"),
+            last_fire_at=parse_time(doc.get("last_fire_at")),
+            last_task_id=_opt_uuid(doc.get("last_task_id")),
+            last_run_status=doc.get("last_run_status"),
+            version=int(doc["version"]),
+            created_at=_time(doc, "created_at"),
+            updated_at=_time(doc, "updated_at"),
             raw=dict(doc),
         )
 
@@ -220,7 +292,7 @@ class DeadLetter:
 
 @dataclass(frozen=True, slots=True)
 class NewTask:
-    """One task to create, for :meth:`~taskflow_client.client.AsyncClient.submit_batch`.
+    """One task to create, for :meth:`~taskflow_client.async_client.AsyncClient.submit_batch`.
 
     ``payload`` is any JSON value; ``max_attempts`` None means the server's default
     (``WORKER_MAX_ATTEMPTS``); ``run_at`` (aware datetime) or ``delay_ms`` (ms) delays

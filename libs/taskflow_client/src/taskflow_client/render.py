@@ -17,7 +17,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from taskflow_client.models import DeadLetter, Execution, Task
+from taskflow_client.models import DeadLetter, Execution, Schedule, Task
 
 STATUS_STYLES = {
     "queued": "cyan",
@@ -78,6 +78,8 @@ def task_table(task: Task) -> Table:
     ]
     if task.timeout_s is not None:
         rows.append(("timeout", Text(f"{task.timeout_s:g} s")))
+    if task.schedule is not None:
+        rows.append(("schedule", Text(f"{task.schedule} @ {when(task.scheduled_for)}")))
     if task.tags:
         rows.append(("tags", Text(", ".join(f"{k}={v}" for k, v in sorted(task.tags.items())))))
     rows.append(("payload", Text(as_json(task.payload))))
@@ -152,6 +154,57 @@ def dead_letters_table(items: Iterable[DeadLetter]) -> Table:
             Text("-" if d.attempts is None else str(d.attempts)),
             Text(when(d.failed_at)),
             _cut(d.error or d.reason),
+        )
+    return table
+
+
+def cadence(schedule: Schedule) -> str:
+    """``*/5 * * * * (Europe/Berlin)`` or ``every 30s``."""
+    if schedule.cron is not None:
+        return f"{schedule.cron} ({schedule.timezone})"
+    return f"every {schedule.every_s:g}s"
+
+
+def schedule_table(schedule: Schedule) -> Table:
+    """One schedule as a field/value table: template, cadence, policies, fire times."""
+    table = Table(box=box.SIMPLE, show_header=False, title_justify="left")
+    table.add_column("field", style="bold", no_wrap=True)
+    table.add_column("value", overflow="fold")
+    policy = f"missed {schedule.missed}"
+    if schedule.missed == "catch_up":
+        policy += f" (at most {schedule.catch_up_max})"
+    rows = [
+        ("name", Text(schedule.name)),
+        ("cadence", Text(cadence(schedule))),
+        ("state", Text("paused", style="yellow") if schedule.paused else Text("active")),
+        ("policies", Text(f"{policy}, overlap {schedule.overlap}")),
+        ("task type", Text(schedule.task_type)),
+        ("priority", Text(schedule.priority)),
+        ("payload", Text(as_json(schedule.payload))),
+        ("next fire", Text(when(schedule.next_fire_at))),
+        ("last fire", Text(when(schedule.last_fire_at))),
+        ("last task", Text(str(schedule.last_task_id or "-"))),
+        ("last run", status(schedule.last_run_status or "-")),
+    ]
+    for name, value in rows:
+        table.add_row(name, value)
+    return table
+
+
+def schedules_table(items: Iterable[Schedule]) -> Table:
+    """Schedules one per row: name, cadence, state, type, next fire, last fire, last run."""
+    table = Table(box=box.SIMPLE_HEAD)
+    for column in ("name", "cadence", "state", "type", "next fire", "last fire", "last run"):
+        table.add_column(column, overflow="fold", no_wrap=column not in ("name", "cadence"))
+    for s in items:
+        table.add_row(
+            Text(s.name),
+            Text(cadence(s)),
+            Text("paused" if s.paused else "active"),
+            Text(s.task_type),
+            Text(when(s.next_fire_at)),
+            Text(when(s.last_fire_at)),
+            status(s.last_run_status or "-"),
         )
     return table
 

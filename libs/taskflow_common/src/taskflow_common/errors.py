@@ -78,6 +78,10 @@ class IncompatibleServerError(TaskFlowError, RuntimeError):
     """The NATS server is too old (JetStream features TaskFlow relies on need >= 2.10)."""
 
 
+class MetricsPortError(TaskFlowError):
+    """The metrics port cannot be bound (in use, or not allowed); exit code 1."""
+
+
 class ConsumerConfigMismatch(TaskFlowError, RuntimeError):
     """An existing durable consumer's settings differ from config and cannot be updated."""
 

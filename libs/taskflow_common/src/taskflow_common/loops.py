@@ -64,7 +64,8 @@ async def run_loop(
     """Run ``iteration`` until ``stop`` is set, surviving any ``Exception`` it raises.
 
     After a pass that returned ``wait`` seconds, the loop waits that long (or until ``stop``
-    or ``wake`` is set; ``wake`` is cleared before the wait). After a pass that raised, it
+    or ``wake`` is set; ``wake`` is cleared before each pass, so a wake-up during a pass
+    is kept). After a pass that raised, it
     logs ``loop_failed`` (``loop``, ``error_class``, ``error``, ``retry_in_s``), counts it in
     ``errors`` and waits ``backoff.failed()`` seconds (default ``Backoff()``: 0.1 s doubling
     to 2 s); the first successful pass resets the backoff. Returns when ``stop`` is set;
@@ -72,6 +73,10 @@ async def run_loop(
     """
     backoff = backoff or Backoff()
     while not stop.is_set():
+        if wake is not None:
+            # Cleared before the pass, never after it: a wake-up that arrives while the
+            # pass runs (work the pass may not have seen) cuts the following wait short.
+            wake.clear()
         try:
             wait = await iteration()
         except Exception as exc:
@@ -92,6 +97,4 @@ async def run_loop(
             continue
         backoff.reset()
         if wait:
-            if wake is not None:
-                wake.clear()
             await wait_any(stop, wake, wait)

@@ -135,21 +135,34 @@ class DeadLetter:
 
 @dataclass(frozen=True, slots=True)
 class CancelRequest:
-    """``{"task_id"}`` on the cancel control subject: stop this task's running handler."""
+    """``{"task_id", "attempt"}`` on the cancel control subject: stop that attempt's handler.
+
+    ``attempt`` is the attempt the cancel closed; a worker running another attempt of
+    the task (a late message, after a retry) ignores it. ``None`` (a request from an
+    API older than the field) names whichever attempt runs; the worker's fenced
+    statement then protects a newer one.
+    """
 
     task_id: uuid.UUID
+    attempt: int | None = None
 
     def encode(self) -> bytes:
         """Serialise to JSON bytes."""
-        return orjson.dumps({"task_id": str(self.task_id)})
+        obj: dict[str, object] = {"task_id": str(self.task_id)}
+        if self.attempt is not None:
+            obj["attempt"] = self.attempt
+        return orjson.dumps(obj)
 
     @classmethod
     def decode(cls, data: bytes) -> CancelRequest:
         """Parse; raise :class:`MalformedMessage` when it is not a cancel request."""
         try:
             obj = orjson.loads(data)
-            return cls(uuid.UUID(str(obj["task_id"])))
-        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+            attempt = obj.get("attempt")
+            if attempt is not None and (type(attempt) is not int or attempt < 1):
+                raise ValueError(f"attempt must be a positive integer, not {attempt!r}")
+            return cls(uuid.UUID(str(obj["task_id"])), attempt)
+        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError) as exc:
             raise MalformedMessage(f"bad cancel request: {exc}") from None
 
 

@@ -44,7 +44,7 @@ from prometheus_client.gc_collector import GCCollector
 from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
 
-from taskflow_common.errors import TaskFlowError
+from taskflow_common.errors import MetricsPortError as MetricsPortError  # re-exported
 from taskflow_common.subjects import PRIORITIES
 
 __all__ = [
@@ -79,10 +79,6 @@ HTTP_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 
 
 _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 _PRIORITIES = frozenset(PRIORITIES)
-
-
-class MetricsPortError(TaskFlowError):
-    """The metrics port cannot be bound (in use, or not allowed); exit code 1."""
 
 
 class LabelCap:

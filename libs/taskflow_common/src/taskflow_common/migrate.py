@@ -24,6 +24,8 @@ from taskflow_common.errors import TaskFlowError
 # pg_advisory_lock key: the first 8 bytes of sha256("taskflow.migrate") as a signed int64.
 LOCK_KEY = int.from_bytes(hashlib.sha256(b"taskflow.migrate").digest()[:8], "big", signed=True)
 _NAME = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
+SNAPSHOT = "schema.sql"
+"""The schema snapshot next to the migrations (what they build; never applied)."""
 
 
 class MigrationError(TaskFlowError):
@@ -47,11 +49,13 @@ class Migration:
 def discover(directory: Path) -> list[Migration]:
     """Read every ``NNNN_name.sql`` in ``directory``, sorted by number.
 
-    Raises :class:`MigrationError` for a ``.sql`` file with another name or two files
-    sharing a number.
+    Raises :class:`MigrationError` for a ``.sql`` file with another name (except the
+    :data:`SNAPSHOT`) or two files sharing a number.
     """
     found: dict[int, Migration] = {}
     for path in sorted(directory.glob("*.sql")):
+        if path.name == SNAPSHOT:
+            continue
         match = _NAME.match(path.name)
         if not match:
             raise MigrationError(f"{path.name}: expected NNNN_lower_snake.sql")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
+from taskflow_common.loops import LoopErrors
 from taskflow_common.metrics import LabelCap, priority_label
 
 
@@ -19,6 +20,8 @@ class DispatcherMetrics:
     def __init__(self, registry: CollectorRegistry) -> None:
         self.registry = registry
         self.types = LabelCap()
+        self.loop_errors = LoopErrors(registry)
+        """``taskflow_loop_errors_total{loop, error}``: passes of a duty's loop that raised."""
         self.published = Counter(
             "taskflow_tasks_published",
             "Task messages published to JetStream and PubAck'd (one per attempt), by priority.",
@@ -34,6 +37,12 @@ class DispatcherMetrics:
             "taskflow_tasks_dead_lettered",
             "Dead letters of failed tasks published to the dead-letter stream.",
             ["type", "priority"],
+            registry=registry,
+        )
+        self.dead_letters_rearmed = Counter(
+            "taskflow_dead_letters_rearmed",
+            "Published dead letters the dead-letter stream lost before the dlq-monitor "
+            "recorded them (store wiped, stream recreated, aged out), published again.",
             registry=registry,
         )
         self.lag = Gauge(

@@ -3,9 +3,11 @@
 Every ``DISPATCHER_REAP_INTERVAL`` it ends attempts whose lease expired (worker gone) as
 ``abandoned`` and schedules their retry with the task's backoff, closes orphaned
 executions, and re-queues tasks published but unclaimed for
-``DISPATCHER_REDISPATCH_AFTER``. Leases are only believed once Postgres has answered
-promptly for a whole lease period (:class:`LeaseTrust`), so an outage is never booked as
-lost workers.
+``DISPATCHER_REDISPATCH_AFTER`` whose message cannot be checked against the stream (no
+stream sequence recorded; the others are the
+:class:`~taskflow_dispatcher.audit.MessageAudit`'s). Leases are only believed once
+Postgres has answered promptly for a whole lease period (:class:`LeaseTrust`), so an
+outage is never booked as lost workers.
 """
 
 from __future__ import annotations
@@ -14,8 +16,8 @@ import asyncio
 
 from taskflow_common.backoff import backoff_delay
 from taskflow_common.db import Database
-from taskflow_common.lifecycle import wait_any
 from taskflow_common.logs import get_logger
+from taskflow_common.loops import LoopErrors, run_loop
 from taskflow_common.retry import OUTAGE
 from taskflow_common.store import attempts, outbox
 from taskflow_dispatcher.settings import DispatcherSettings
@@ -67,9 +69,12 @@ class Reaper:
     (at least 0.5 s) counts as a stall (see :class:`LeaseTrust`).
     """
 
-    def __init__(self, settings: DispatcherSettings, db: Database) -> None:
+    def __init__(
+        self, settings: DispatcherSettings, db: Database, errors: LoopErrors | None = None
+    ) -> None:
         self.settings = settings
         self.db = db
+        self.errors = errors
         self.lease_trust = LeaseTrust(
             settings.worker_ack_wait, stall_s=max(0.5, settings.worker_ack_wait / 6)
         )
@@ -124,13 +129,16 @@ class Reaper:
     async def run(self, stop: asyncio.Event) -> None:
         """Run :meth:`reap_once` every ``DISPATCHER_REAP_INTERVAL`` until ``stop``.
 
-        Never raises for an outage: the round is logged (``reaper_unavailable``) and the
-        leases are distrusted until Postgres has answered for a lease period again.
+        Never raises for an exception of one round (:func:`~taskflow_common.loops.run_loop`,
+        ``loop="reaper"``); after an outage the leases are distrusted until Postgres has
+        answered for a lease period again.
         """
-        while not stop.is_set():
-            try:
-                await self.reap_once()
-            except OUTAGE as exc:
-                self.lease_trust.failed()
-                log.warning("reaper_unavailable", error=repr(exc))
-            await wait_any(stop, None, self.settings.reap_interval)
+        await run_loop("reaper", self._round, stop, errors=self.errors)
+
+    async def _round(self) -> float:
+        try:
+            await self.reap_once()
+        except OUTAGE:
+            self.lease_trust.failed()
+            raise
+        return self.settings.reap_interval

@@ -23,8 +23,8 @@ import nats.js.errors
 
 from taskflow_common.bus import Bus
 from taskflow_common.db import Database
-from taskflow_common.lifecycle import wait_any
 from taskflow_common.logs import get_logger
+from taskflow_common.loops import LoopErrors, run_loop
 from taskflow_common.retry import OUTAGE
 from taskflow_common.store import outbox
 from taskflow_common.subjects import PRIORITIES
@@ -37,8 +37,14 @@ class Sampler:
     """Refresh the sampled gauges of ``metrics`` every ``interval_s`` seconds."""
 
     def __init__(
-        self, db: Database, bus: Bus, metrics: DispatcherMetrics, interval_s: float
+        self,
+        db: Database,
+        bus: Bus,
+        metrics: DispatcherMetrics,
+        interval_s: float,
+        errors: LoopErrors | None = None,
     ) -> None:
+        self.errors = errors
         self.db = db
         self.bus = bus
         self.metrics = metrics
@@ -65,16 +71,25 @@ class Sampler:
             )
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Sample until ``stop``; a failed round is logged once per outage, then retried."""
-        while not stop.is_set():
-            try:
-                await self.sample_once()
-            except OUTAGE as exc:
-                self.metrics.samples.labels("error").inc()
-                if not self._failing:
-                    log.warning("metrics_sample_failed", error=repr(exc))
-                self._failing = True
-            else:
-                self.metrics.samples.labels("ok").inc()
-                self._failing = False
-            await wait_any(stop, None, self.interval_s)
+        """Sample until ``stop``; a failed round is counted (``result="error"``) and retried.
+
+        An outage is logged once (``metrics_sample_failed``) and retried every interval;
+        any other error goes to :func:`~taskflow_common.loops.run_loop` (``loop="sampler"``).
+        """
+        await run_loop("sampler", self._round, stop, errors=self.errors)
+
+    async def _round(self) -> float:
+        try:
+            await self.sample_once()
+        except OUTAGE as exc:
+            self.metrics.samples.labels("error").inc()
+            if not self._failing:
+                log.warning("metrics_sample_failed", error=repr(exc))
+            self._failing = True
+        except Exception:
+            self.metrics.samples.labels("error").inc()
+            raise
+        else:
+            self.metrics.samples.labels("ok").inc()
+            self._failing = False
+        return self.interval_s

@@ -25,11 +25,13 @@ from taskflow_common.errors import UnavailableError
 from taskflow_common.lifecycle import wait_any
 from taskflow_common.listener import Listener
 from taskflow_common.logs import get_logger
+from taskflow_common.loops import LoopErrors, run_loop
 from taskflow_common.messages import DeadLetter, TaskMessage
-from taskflow_common.retry import OUTAGE, Backoff
+from taskflow_common.retry import Backoff
 from taskflow_common.store import outbox
 from taskflow_common.store.rows import rfc3339
 from taskflow_common.subjects import HEADER_MSG_ID, HEADER_TRACEPARENT, PRIORITIES, Names
+from taskflow_dispatcher.dead_letter_check import dlq_stream
 from taskflow_dispatcher.metrics import DispatcherMetrics
 from taskflow_dispatcher.settings import DispatcherSettings
 
@@ -66,7 +68,12 @@ class OutboxSweeper:
     """
 
     def __init__(
-        self, settings: DispatcherSettings, db: Database, bus: Bus, metrics: DispatcherMetrics
+        self,
+        settings: DispatcherSettings,
+        db: Database,
+        bus: Bus,
+        metrics: DispatcherMetrics,
+        errors: LoopErrors | None = None,
     ) -> None:
         self.settings = settings
         self.db = db
@@ -78,6 +85,8 @@ class OutboxSweeper:
         # Dead letters to look for: yes at start (one may have been left pending).
         self.dead_hint = True
         self.dead_checked_at = 0.0
+        self.errors = errors
+        self._busy = False
         self.listener = Listener(
             settings,
             outbox.CHANNEL,
@@ -124,17 +133,19 @@ class OutboxSweeper:
                 )
             results = await self.bus.publish_batch(items)
             published = []
+            stream_seqs = []
             published_spans = []
             errors: list[BaseException] = []
             for d, result, span in zip(due, results, spans, strict=True):
                 if isinstance(result, api.PubAck):
                     published.append(d)
+                    stream_seqs.append(result.seq)
                     published_spans.append(span)
                 else:
                     errors.append(result)
                     span.set_status(trace.StatusCode.ERROR, repr(result))
                 span.end()
-            await outbox.mark_dispatched(conn, published)
+            await outbox.mark_dispatched(conn, published, stream_seqs)
         self.metrics.published_batch([d.priority for d in published], len(errors))
         if published:
             await self.bus.ring([p for p in PRIORITIES if any(d.priority == p for d in published)])
@@ -150,7 +161,10 @@ class OutboxSweeper:
     async def publish_dead_letters(self) -> int:
         """Publish up to :data:`DEAD_BATCH` pending dead letters to ``<prefix>.dlq``.
 
-        Returns how many were PubAck'd (and marked published). Raises UnavailableError
+        Returns how many were PubAck'd; their stream sequence and the stream's identity
+        are recorded, and they stay pending until the dlq-monitor records them (the
+        :class:`~taskflow_dispatcher.dead_letter_check.DeadLetterCheck` publishes again
+        what the stream loses meanwhile). Raises UnavailableError
         (or a driver error) when there were some and none could be published.
         """
         async with self.db.acquire() as conn, conn.transaction():
@@ -188,6 +202,9 @@ class OutboxSweeper:
                 tracing.inject(headers, trace.set_span_in_context(span))
                 items.append((self.names.dlq_subject, letter.encode(), headers))
             try:
+                # Where the messages go: read before publishing, so a stream recreated
+                # meanwhile only makes the dead-letter check publish once more.
+                where = await dlq_stream(self.bus)
                 results = await self.bus.publish_batch(items)
             except BaseException:
                 for span in spans:
@@ -196,13 +213,15 @@ class OutboxSweeper:
             done = []
             for t, r, span in zip(dead, results, spans, strict=True):
                 if isinstance(r, api.PubAck):
-                    done.append((t, span))
+                    done.append((t, r.seq, span))
                 else:
                     span.set_status(trace.StatusCode.ERROR, repr(r))
                     span.end()
-            await outbox.mark_dead_published(conn, [t.task_id for t, _ in done])
+            await outbox.mark_dead_published(
+                conn, [(t.task_id, seq) for t, seq, _ in done], where.identity if where else ""
+            )
         self.metrics.publish_errors.inc(len(dead) - len(done))
-        for t, span in done:
+        for t, _, span in done:
             self.metrics.dead_letter_published(t.type, t.priority)
             with trace.use_span(span, end_on_exit=True):
                 log.warning(
@@ -246,55 +265,71 @@ class OutboxSweeper:
     async def run(self, stop: asyncio.Event) -> None:
         """Hold the LISTEN connection and publish due work until ``stop`` is set.
 
-        Never raises for a Postgres or NATS outage (both loops back off and retry).
+        Never raises for an exception of one pass, outage or not: both loops run under
+        :func:`~taskflow_common.loops.run_loop` (``loop_failed`` with ``loop="outbox"`` or
+        ``"listen"``, counted in ``taskflow_loop_errors_total``, backed off).
         """
         async with asyncio.TaskGroup() as group:
             group.create_task(self._sweep(stop))
-            group.create_task(self.listener.run(stop))
+            group.create_task(self._listen(stop))
+
+    async def _listen(self, stop: asyncio.Event) -> None:
+        """Keep the LISTEN connection; an error that is not an outage starts it over."""
+
+        async def hold() -> None:
+            await self.listener.run(stop)
+
+        await run_loop("listen", hold, stop, errors=self.errors)
 
     async def _sweep(self, stop: asyncio.Event) -> None:
-        """Publish due work until ``stop``; back off while NATS or Postgres is down.
+        """Publish due work until ``stop``; back off after a failed pass.
 
         A pass is :meth:`publish_due` (4 round trips; it also says when the next task is
-        due) plus, only when :meth:`dead_letters_due` says so, :meth:`publish_dead_letters`.
-        Under load (the last pass published more than one task) a wake-up waits
-        :data:`GATHER_S` before the next pass so that it carries more rows; at idle a
-        notification starts the pass at once. After a failed pass it waits
+        due) plus, only when :meth:`dead_letters_due` says so, :meth:`publish_dead_letters`,
+        then the wait :meth:`_pass` chooses. After a pass that raised it waits
         :data:`OUTAGE_BACKOFF_S`, doubling to 2 s (:class:`~taskflow_common.retry.Backoff`).
         """
-        backoff = Backoff(initial_s=OUTAGE_BACKOFF_S)
+        self._busy = False
+        await run_loop(
+            "outbox",
+            lambda: self._pass(stop),
+            stop,
+            errors=self.errors,
+            backoff=Backoff(initial_s=OUTAGE_BACKOFF_S),
+        )
+
+    async def _pass(self, stop: asyncio.Event) -> None:
+        """One pass and the wait after it (the wait is here, not in ``run_loop``, because
+        ``wake`` is cleared before the pass: a notification that arrives during the pass
+        must end the wait at once, not be cleared away).
+
+        Under load (the last pass published more than one task) a wake-up waits
+        :data:`GATHER_S` before the pass so that it carries more rows; at idle a
+        notification starts the pass at once.
+        """
+        if self._busy and self.wake.is_set():
+            await wait_any(stop, None, GATHER_S)
+        self.wake.clear()
         loop = asyncio.get_running_loop()
-        busy = False
-        while not stop.is_set():
-            if busy and self.wake.is_set():
-                await wait_any(stop, None, GATHER_S)
-            self.wake.clear()
-            try:
-                done = await self.publish_due()
-                if self.dead_letters_due(loop.time()):
-                    try:
-                        dead = await self.publish_dead_letters()
-                    except BaseException:
-                        self.dead_hint = True
-                        raise
-                    if dead >= DEAD_BATCH:
-                        self.dead_hint = True
-            except OUTAGE as exc:
-                delay = backoff.failed()
-                log.warning("dispatch_unavailable", error=repr(exc), retry_in_s=delay)
-                await wait_any(stop, None, delay)
-                continue
-            backoff.reset()
-            busy = done.published > 1
-            next_due = done.next_due_in
-            if (
-                done.published + done.failed >= self.settings.batch_size
-                or done.failed
-                or self.dead_hint
-                or (next_due is not None and next_due <= 0)
-            ):
-                continue
-            timeout = self.settings.poll_interval
-            if next_due is not None:
-                timeout = min(timeout, next_due)
-            await wait_any(stop, self.wake, timeout)
+        try:
+            done = await self.publish_due()
+            if self.dead_letters_due(loop.time()):
+                dead = await self.publish_dead_letters()
+                if dead >= DEAD_BATCH:
+                    self.dead_hint = True
+        except BaseException:
+            self.dead_hint = True  # look again after the backoff
+            raise
+        self._busy = done.published > 1
+        next_due = done.next_due_in
+        if (
+            done.published + done.failed >= self.settings.batch_size
+            or done.failed
+            or self.dead_hint
+            or (next_due is not None and next_due <= 0)
+        ):
+            return
+        timeout = self.settings.poll_interval
+        if next_due is not None:
+            timeout = min(timeout, next_due)
+        await wait_any(stop, self.wake, timeout)

@@ -61,7 +61,7 @@ from taskflow_common.http import (
     validation_error,
 )
 from taskflow_common.metrics import new_registry
-from taskflow_common.store import deadletter_stats, deadletters
+from taskflow_common.store import deadletter_bulk, deadletter_stats, deadletters
 from taskflow_common.store.rows import (
     DEAD_LETTER_STATUSES,
     DeadLetterStatus,
@@ -282,7 +282,7 @@ class BulkReplay:
         kind, text = texts["type"], texts["q"]
         if dry_run:
             tasks, letters = await self.db.run(
-                lambda conn: deadletters.count_matching(conn, type=kind, error_contains=text)
+                lambda conn: deadletter_bulk.count_matching(conn, type=kind, error_contains=text)
             )
             send_json(
                 resp,
@@ -296,7 +296,7 @@ class BulkReplay:
             )
             return
         done = await self.db.run(
-            lambda conn: deadletters.replay_matching(conn, type=kind, error_contains=text)
+            lambda conn: deadletter_bulk.replay_matching(conn, type=kind, error_contains=text)
         )
         self.metrics.replayed.inc(done.tasks)
         log.info(

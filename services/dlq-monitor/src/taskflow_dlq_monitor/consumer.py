@@ -16,7 +16,11 @@ capped backoff (sending ``in_progress`` so it is not redelivered meanwhile); whi
 down pulls are retried with capped backoff; a vanished consumer or stream
 (:class:`~taskflow_common.bus.ConsumerGone`) is recreated. A value Postgres refuses
 (bad text, out-of-range time) falls back to the undecodable form; if even that is refused
-the message is logged and acked rather than redelivered forever.
+the message is logged and acked rather than redelivered forever. Any other error Postgres
+raises for one message (a trigger, a deadlock, a missing privilege) is tried
+:data:`MAX_REFUSALS` times, then the message is nak'd for a later redelivery and the pass
+fails: :func:`~taskflow_common.loops.run_loop` logs, counts and backs off, and the messages
+behind it are recorded meanwhile.
 """
 
 from __future__ import annotations
@@ -40,7 +44,7 @@ from taskflow_common import logs, tracing
 from taskflow_common.bus import TRANSIENT_ERRORS as NATS_TRANSIENT
 from taskflow_common.bus import Bus, ConsumerGone, Puller
 from taskflow_common.db import Database
-from taskflow_common.errors import UnavailableError
+from taskflow_common.loops import LoopErrors, run_loop
 from taskflow_common.messages import MAX_RAW_BYTES, DeadLetter
 from taskflow_common.metrics import new_registry
 from taskflow_common.retry import OUTAGE, Backoff
@@ -55,6 +59,11 @@ BACKOFF_START_S = 0.2
 """First pause after a failed pull or store (seconds); doubles per failure."""
 BACKOFF_MAX_S = 5.0
 """Longest pause between two tries while NATS or Postgres is away (seconds)."""
+MAX_REFUSALS = 3
+"""Tries of one dead letter that Postgres refuses without an outage before the message is
+given back (nak'd with :func:`redelivery_delay`) and the pass fails."""
+LOOP = "dlq-consumer"
+"""The consumer loop's name in ``loop_failed`` lines and ``taskflow_loop_errors_total``."""
 MAX_ERROR_CHARS = 2000
 """Longest decoding error kept for an undecodable dead letter (characters)."""
 
@@ -75,15 +84,30 @@ async def wait_stop(stop: asyncio.Event, seconds: float) -> bool:
     return stop.is_set()
 
 
+def redelivery_delay(msg: Msg) -> float:
+    """Seconds to nak a message whose pass failed for: 1, 2, 4, ... by delivery, <= 30."""
+    try:
+        delivered = msg.metadata.num_delivered or 1
+    except Exception:  # not a JetStream message
+        delivered = 1
+    return float(min(30, 2 ** min(delivered - 1, 5)))
+
+
+async def _nak(msg: Msg, delay_s: float) -> None:
+    with contextlib.suppress(*_ACK_FAULTS):
+        await msg.nak(delay=delay_s or None)
+
+
 def _headers(msg: Msg) -> Mapping[str, str]:
     return msg.headers or {}
 
 
 def dedupe_key(msg: Msg) -> str:
-    """``Nats-Msg-Id`` of ``msg``, else ``nomsgid:<stream>:<seq>:<sha256 of body, 16 hex>``.
+    """``Nats-Msg-Id`` of ``msg``, else
+    ``nomsgid:<stream>:<seq>:<stored time, microseconds>:<sha256 of body, 16 hex>``.
 
-    The hash keeps two different messages apart even if the stream was recreated and
-    its sequence numbers started again.
+    The stored time and the hash keep two messages apart even if the stream was
+    recreated and its sequence numbers started again; a redelivery keeps both.
     """
     given = _headers(msg).get(HEADER_MSG_ID)
     if given:
@@ -91,7 +115,8 @@ def dedupe_key(msg: Msg) -> str:
     digest = hashlib.sha256(msg.data).hexdigest()[:16]
     try:
         meta = msg.metadata
-        return f"nomsgid:{meta.stream}:{meta.sequence.stream}:{digest}"
+        stored_us = int(meta.timestamp.timestamp() * 1_000_000)
+        return f"nomsgid:{meta.stream}:{meta.sequence.stream}:{stored_us}:{digest}"
     except Exception:  # not a JetStream message: the hash alone must do
         return f"nomsgid:{msg.subject}:{digest}"
 
@@ -129,6 +154,7 @@ class DeadLetterConsumer:
     ``recorded`` counts dead letters newly stored by this process, ``duplicates`` the
     redeliveries that were already stored. ``consuming`` is set after the first
     successful pull; ``last_pull`` is the monotonic time of the latest one.
+    ``loop_errors`` counts failed passes (default: on ``metrics``' registry).
     """
 
     def __init__(
@@ -140,6 +166,7 @@ class DeadLetterConsumer:
         poll_interval_s: float = 0.2,
         tracer: trace.Tracer | None = None,
         metrics: DlqMetrics | None = None,
+        loop_errors: LoopErrors | None = None,
     ) -> None:
         self.metrics = metrics or DlqMetrics(new_registry())
         self.db = db
@@ -152,43 +179,73 @@ class DeadLetterConsumer:
         self.last_error: str | None = None
         self.recorded = 0
         self.duplicates = 0
+        self.loop_errors = loop_errors or LoopErrors(self.metrics.registry)
+        self._puller: Puller | None = None
+        self._backoff = Backoff(BACKOFF_START_S, BACKOFF_MAX_S)
+        self._stop = asyncio.Event()
 
     # -- the loop -----------------------------------------------------------------------
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Consume until ``stop`` is set. Never raises for NATS or Postgres faults."""
-        puller: Puller | None = None
-        backoff = Backoff(BACKOFF_START_S, BACKOFF_MAX_S)
+        """Consume until ``stop`` is set; survives any exception of one pass.
+
+        Each pass (:meth:`_pass`) is run by :func:`taskflow_common.loops.run_loop` as the
+        loop ``dlq-consumer``: an exception escaping it (a dead letter Postgres refuses
+        in a way no retry cures, a bug hit by one odd message) is logged as
+        ``loop_failed`` with its class, counted in ``taskflow_loop_errors_total`` and
+        backed off; the message it hit was nak'd for a later redelivery.
+        """
+        self._stop = stop
         try:
-            while not stop.is_set():
-                try:
-                    if puller is None:
-                        puller = await self._open(stop)
-                        if puller is None:
-                            return
-                    msgs = await puller.pull(self.batch_size)
-                except ConsumerGone as exc:
-                    self._trouble("dlq_consumer_gone", exc)
-                    if puller is not None:
-                        await puller.close()
-                    puller = None
-                except _PULL_FAULTS as exc:
-                    self._trouble("nats_unavailable", exc)
-                else:
-                    backoff.reset()
-                    self._healthy()
-                    if not msgs:
-                        await wait_stop(stop, self.poll_interval_s)
-                    for msg in msgs:
-                        if stop.is_set():
-                            break  # unacked ones are redelivered to the next run
-                        await self.handle(msg, stop)
-                    continue
-                if await wait_stop(stop, backoff.failed()):
-                    return
+            await run_loop(
+                LOOP,
+                self._pass,
+                stop,
+                errors=self.loop_errors,
+                backoff=Backoff(BACKOFF_START_S, BACKOFF_MAX_S),
+            )
         finally:
-            if puller is not None:
-                await puller.close()
+            if self._puller is not None:
+                await self._puller.close()
+                self._puller = None
+
+    async def _pass(self) -> float:
+        """Pull one batch and handle it; return the seconds to wait before the next.
+
+        NATS away, a refused stream or consumer, or a vanished consumer are expected
+        faults: logged once per change of state (``nats_unavailable``,
+        ``dlq_consumer_gone``) and retried after :attr:`_backoff`.
+        """
+        stop = self._stop
+        try:
+            if self._puller is None:
+                self._puller = await self._open(stop)
+                if self._puller is None:
+                    return 0.0
+            msgs = await self._puller.pull(self.batch_size)
+        except ConsumerGone as exc:
+            self._trouble("dlq_consumer_gone", exc)
+            if self._puller is not None:
+                await self._puller.close()
+            self._puller = None
+            return self._backoff.failed()
+        except _PULL_FAULTS as exc:
+            self._trouble("nats_unavailable", exc)
+            return self._backoff.failed()
+        self._backoff.reset()
+        self._healthy()
+        for n, msg in enumerate(msgs):
+            if stop.is_set():
+                break  # unacked ones are redelivered to the next run
+            try:
+                await self.handle(msg, stop)
+            except Exception:
+                # This one comes back later; the rest of the batch at once.
+                await _nak(msg, redelivery_delay(msg))
+                for rest in msgs[n + 1 :]:
+                    await _nak(rest, 0.0)
+                raise
+        return 0.0 if msgs else self.poll_interval_s
 
     async def _open(self, stop: asyncio.Event) -> Puller | None:
         """Wait for NATS, make sure the streams and our consumer exist, return a puller."""
@@ -269,6 +326,7 @@ class DeadLetterConsumer:
     async def _store(self, msg: Msg, key: str, dl: DeadLetter, stop: asyncio.Event) -> bool | None:
         backoff = Backoff(BACKOFF_START_S, BACKOFF_MAX_S)
         fallback = dl.reason == UNDECODABLE and dl.raw is not None
+        refusals = 0
         while True:
             try:
                 return await self.db.run(partial(deadletters.record, dedupe_key=key, dl=dl))
@@ -280,10 +338,17 @@ class DeadLetterConsumer:
                 dl = undecodable(msg, f"refused by postgres: {exc.__class__.__name__}: {exc}")
                 fallback = True
                 continue
-            except (UnavailableError, asyncpg.PostgresError) as exc:
-                # Unavailable, or a fault of the installation (missing table, no
-                # privilege) that an operator can fix: keep the message and retry.
+            except OUTAGE as exc:
+                # Postgres away: keep the message in hand and retry until it is back.
                 self._trouble("postgres_unavailable", exc)
+            except asyncpg.PostgresError as exc:
+                # Not an outage and not the values (a trigger, a missing table or
+                # privilege, a deadlock): a few more tries, then give the message back
+                # (the pass fails, the message is nak'd) so those behind it go on.
+                refusals += 1
+                if refusals >= MAX_REFUSALS:
+                    raise
+                self._trouble("dead_letter_store_failed", exc)
             with contextlib.suppress(*_ACK_FAULTS):
                 await msg.in_progress()
             if await wait_stop(stop, backoff.failed()):

@@ -20,6 +20,7 @@ from taskflow_common.db import Database, open_pool
 from taskflow_common.errors import UnavailableError
 from taskflow_common.http.server import HttpServer, listening
 from taskflow_common.lifecycle import ready
+from taskflow_common.loops import LoopErrors
 from taskflow_common.metrics import new_registry
 from taskflow_dlq_monitor.api import Deps, create_app
 from taskflow_dlq_monitor.consumer import DeadLetterConsumer, wait_stop
@@ -63,6 +64,7 @@ async def main(settings: DlqSettings, stop: asyncio.Event) -> None:
             batch_size=settings.batch_size,
             poll_interval_s=settings.poll_interval,
             metrics=metrics,
+            loop_errors=LoopErrors(metrics.registry),
         )
         server = await stack.enter_async_context(
             listening(

@@ -29,6 +29,7 @@ from taskflow_common.http.server import listening
 from taskflow_common.lifecycle import ready
 from taskflow_common.logs import get_logger
 from taskflow_ingest_api.resources import API, Deps, add_routes
+from taskflow_ingest_api.schedules import add_schedule_routes
 from taskflow_ingest_api.settings import ApiSettings
 from taskflow_ingest_api.waiters import TaskEvents
 
@@ -104,6 +105,7 @@ def create_app(settings: ApiSettings, deps: Deps | None = None) -> ASGIApp:
     app.req_options.strip_url_path_trailing_slash = True
     http.install(app)
     add_routes(app, settings, deps)
+    add_schedule_routes(app, settings, deps)
     app.add_route("/metrics", MetricsResource(deps.metrics.registry))
     return RequestContext(
         app,

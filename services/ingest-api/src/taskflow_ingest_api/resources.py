@@ -6,7 +6,8 @@ Routes (the OpenAPI document, :mod:`taskflow_ingest_api.openapi`, is the referen
                                           200 + Idempotent-Replayed: true (same key, same body)
     POST /api/v1/tasks/batch              201 {"items": [{"task": Task, "created": bool}]}
     GET  /api/v1/tasks                    200 {"items": [Task], "next_cursor": str | null}
-                                          (?status ?type ?priority ?tag=k:v... ?limit ?cursor)
+                                          (?status ?type ?priority ?schedule ?tag=k:v...
+                                          ?limit ?cursor)
     GET  /api/v1/tasks/{task_id}          200 {"task": Task} (?wait=30s: long poll)
     GET  /api/v1/tasks/{task_id}/events   200 text/event-stream
     GET  /api/v1/tasks/{task_id}/executions  200 {"items": [Execution]}
@@ -16,7 +17,8 @@ Routes (the OpenAPI document, :mod:`taskflow_ingest_api.openapi`, is the referen
     GET  /api/v1/ready                    200 {"status": "ready"} | 503 unavailable
     GET  /api/v1/openapi.json             200 the OpenAPI 3.1 document
 
-The long poll and the event stream live in :mod:`taskflow_ingest_api.awaiting`. Errors
+The long poll and the event stream live in :mod:`taskflow_ingest_api.awaiting`, the
+schedules' routes in :mod:`taskflow_ingest_api.schedules`. Errors
 are problem+json (:mod:`taskflow_common.http`).
 """
 
@@ -128,6 +130,7 @@ class TasksResource:
                     status=query.status,
                     type=query.type,
                     priority=query.priority,
+                    schedule=query.schedule,
                     tags=query.tags,
                     limit=query.limit,
                     cursor=query.cursor,
@@ -211,18 +214,19 @@ class CancelResource:
         async with self._deps.database().acquire() as conn:
             result = await store.cancel(conn, tid)
         if result.stopped_attempt is not None:
-            await self._tell_worker(tid)
+            await self._tell_worker(tid, result.stopped_attempt)
         resp.media = {"task": task_json(result.task)}
         log.info("task_cancelled", task_id=task_id, running_attempt=result.stopped_attempt)
 
-    async def _tell_worker(self, task_id: uuid.UUID) -> None:
+    async def _tell_worker(self, task_id: uuid.UUID, attempt: int) -> None:
         bus = self._deps.bus
         if bus is None or not bus.connected:
             log.warning("cancel_not_published", task_id=str(task_id), reason="nats not connected")
             return
         try:
             # Core NATS, fire and forget: every worker hears it; the owner acts.
-            await bus.nc.publish(bus.names.cancel_subject, CancelRequest(task_id).encode())
+            request = CancelRequest(task_id, attempt)
+            await bus.nc.publish(bus.names.cancel_subject, request.encode())
         except NATS_ERRORS as exc:
             log.warning("cancel_not_published", task_id=str(task_id), error=repr(exc))
 

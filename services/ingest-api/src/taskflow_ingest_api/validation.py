@@ -62,7 +62,7 @@ WAIT_RULE = "must be a duration like 500ms or 30s, at most 60s"
 WAIT_PATTERN = r"^0*(?:(?:[0-9]{1,4}|[1-5][0-9]{4}|60000)ms|(?:[0-9]|[1-5][0-9]|60)s)$"
 """``?wait=``: 0..60000 ms or 0..60 s (leading zeros allowed); the document says the same."""
 DEFAULT_LIST_LIMIT = 50
-LIST_PARAMS = ("status", "type", "priority", "tag", "limit", "cursor")
+LIST_PARAMS = ("status", "type", "priority", "schedule", "tag", "limit", "cursor")
 GET_PARAMS = ("wait",)
 
 RFC3339_PATTERN = r"^\d{4}-\d{2}-\d{2}[Tt]\d{2}:\d{2}:\d{2}(\.\d{1,9})?([Zz]|[+-]\d{2}:\d{2})$"
@@ -350,6 +350,7 @@ class ListQuery:
     tags: Mapping[str, str] | None = None
     matches_nothing: bool = False
     """Two ``tag`` filters give one key two values: no task can match."""
+    schedule: str | None = None
 
 
 def parse_list_query(params: Mapping[str, Any]) -> ListQuery:
@@ -357,9 +358,9 @@ def parse_list_query(params: Mapping[str, Any]) -> ListQuery:
 
     Each parameter may appear once, except ``tag=key:value`` which may repeat (every
     tag must match; the key ends at the first ``:``; one key given twice with two
-    values matches nothing). Unknown parameters, unknown filter values, a malformed
-    tag and a ``limit`` outside 1..200 are 422 ``validation_error`` naming the
-    parameter; a cursor this API did not issue is 400 ``invalid_cursor``.
+    values matches nothing). Unknown parameters and filter values (``schedule``: a
+    name), a bad tag and a ``limit`` outside 1..200 are 422 ``validation_error``
+    naming it; a cursor this API did not issue is 400 ``invalid_cursor``.
     """
     errors: list[FieldError] = []
     values: dict[str, str] = {}
@@ -389,21 +390,17 @@ def parse_list_query(params: Mapping[str, Any]) -> ListQuery:
     status = values.get("status")
     if status is not None and status not in TASK_STATUSES:
         errors.append(FieldError("status", STATUS_RULE))
-    task_type = values.get("type")
-    if task_type is not None and not TYPE_PATTERN.match(task_type):
-        errors.append(FieldError("type", TYPE_RULE))
+    task_type, schedule = values.get("type"), values.get("schedule")
+    for name, text in (("type", task_type), ("schedule", schedule)):  # the same pattern
+        if text is not None and not TYPE_PATTERN.match(text):
+            errors.append(FieldError(name, TYPE_RULE))
     priority = values.get("priority")
     if priority is not None and priority not in PRIORITIES:
         errors.append(FieldError("priority", PRIORITY_RULE))
     limit = DEFAULT_LIST_LIMIT
     if "limit" in values:
         text = values["limit"]
-        if (
-            text.isascii()
-            and text.isdigit()
-            and len(text) <= 4
-            and 1 <= int(text) <= MAX_LIST_LIMIT
-        ):
+        if re.fullmatch(r"[0-9]{1,4}", text) and 1 <= int(text) <= MAX_LIST_LIMIT:
             limit = int(text)
         else:
             errors.append(FieldError("limit", f"must be an integer from 1 to {MAX_LIST_LIMIT}"))
@@ -415,4 +412,6 @@ def parse_list_query(params: Mapping[str, Any]) -> ListQuery:
             cursor_codec.decode(cursor_text)
         except InvalidCursor as exc:
             raise Problem(400, "invalid_cursor", str(exc)) from None
-    return ListQuery(status, task_type, priority, limit, cursor_text, tags or None, conflicting)
+    return ListQuery(
+        status, task_type, priority, limit, cursor_text, tags or None, conflicting, schedule
+    )

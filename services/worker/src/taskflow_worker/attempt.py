@@ -6,19 +6,18 @@ that outcome (retrying while Postgres is briefly away). Successes go to the
 :class:`~taskflow_worker.completions.Completions` writer, which records them in batches
 and acks after the commit; failures, interrupts and cancels are recorded one by one.
 
-A running attempt is stopped from outside with :meth:`Running.stop`: a cancel request,
-a lost lease (see :mod:`taskflow_worker.heartbeat`) or the end of the shutdown grace.
-The reason decides how the attempt is recorded.
+A running attempt (:mod:`taskflow_worker.running`) is stopped from outside with
+:meth:`~taskflow_worker.running.Running.stop`: a cancel request, a lost lease or one this
+worker could not renew in time (see :mod:`taskflow_worker.heartbeat`), or the end of the
+shutdown grace. The reason decides how the attempt is recorded.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import time
-import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import orjson
@@ -36,28 +35,18 @@ from taskflow_worker.completions import Completions, UnstorableResult
 from taskflow_worker.delivery import redelivery_delay, settle
 from taskflow_worker.handlers import PermanentError, TaskContext, lookup
 from taskflow_worker.metrics import WorkerMetrics
+from taskflow_worker.running import Running, RunningAttempts, await_handler
 from taskflow_worker.settings import WorkerSettings
+
+__all__ = ["AttemptRunner", "Outcome", "Running", "RunningAttempts"]
 
 log = get_logger(__name__)
 
-StopReason = Literal["shutdown", "cancelled", "lease_lost"]
+STALE_CANCEL = "stopped by a cancel request for a task no longer cancelled"
+"""The error recorded for an attempt stopped by a stale cancel request (given back)."""
 
-
-@dataclass(eq=False)
-class Running:
-    """A claimed attempt whose handler is running in this process."""
-
-    claim: Claim
-    msg: Msg
-    task: asyncio.Task[Any] | None = None
-    stop_reason: StopReason | None = None
-    started: float = field(default_factory=time.monotonic)
-
-    def stop(self, reason: StopReason) -> None:
-        """Cancel the handler, remembering why (decides how the attempt is recorded)."""
-        if self.task is not None and not self.task.done():
-            self.stop_reason = self.stop_reason or reason
-            self.task.cancel()
+LEASE_UNRENEWED = "lease not renewed; stopped"
+"""The error recorded for an attempt stopped because its lease could not be renewed."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,40 +58,6 @@ class Outcome:
     error: str = ""
     error_type: str = ""
     permanent: bool = False
-
-
-class RunningAttempts:
-    """The attempts of this process that may still report an outcome, by execution and task.
-
-    An attempt is in here from its claim until its outcome is recorded; the heartbeat
-    renews their leases, a cancel request finds its attempt by task id.
-    """
-
-    def __init__(self) -> None:
-        self._by_execution: dict[uuid.UUID, Running] = {}
-        self._by_task: dict[uuid.UUID, Running] = {}
-
-    def __len__(self) -> int:
-        return len(self._by_execution)
-
-    def add(self, running: Running) -> None:
-        """Register ``running`` under its execution id and its task id."""
-        self._by_execution[running.claim.execution_id] = running
-        self._by_task[running.claim.task_id] = running
-
-    def discard(self, running: Running) -> None:
-        """Forget ``running`` (its task id only while it is still the one registered)."""
-        self._by_execution.pop(running.claim.execution_id, None)
-        if self._by_task.get(running.claim.task_id) is running:
-            del self._by_task[running.claim.task_id]
-
-    def of_task(self, task_id: uuid.UUID) -> Running | None:
-        """The attempt of ``task_id`` running here, if any."""
-        return self._by_task.get(task_id)
-
-    def snapshot(self) -> list[Running]:
-        """Every registered attempt, oldest first (a copy: safe to iterate while awaiting)."""
-        return list(self._by_execution.values())
 
 
 class AttemptRunner:
@@ -124,14 +79,21 @@ class AttemptRunner:
         self.tracer = trace.get_tracer("taskflow.worker")
         self.grace_over = False
         """Set when the shutdown grace is over: no handler may start any more."""
+        self.stuck_s = min(5.0, settings.worker_ack_wait / 2)
+        """Seconds a cancelled handler may take to end before it is abandoned as stuck."""
+        self.stuck: set[asyncio.Task[Any]] = set()
+        """Handlers abandoned as stuck that are still running (see :func:`await_handler`)."""
 
-    async def run(self, claim: Claim, msg: Msg) -> str:
+    async def run(self, claim: Claim, msg: Msg, leased_at: float | None = None) -> str:
         """Run the handler for ``claim``, record the outcome; return ``ack`` or ``settled``.
 
-        ``ack``: the caller acks ``msg``; ``settled``: ``msg`` was already acked or nak'd.
-        Raises only for a bug (every outage is handled while recording).
+        ``leased_at`` is the monotonic time the claim was sent (its lease started no
+        earlier). ``ack``: the caller acks ``msg``; ``settled``: ``msg`` was already
+        acked or nak'd. Raises only for a bug (every outage is handled while recording).
         """
         running = Running(claim, msg)
+        if leased_at is not None:
+            running.lease_from = leased_at
         self.running.add(running)
         parent = tracing.extract(msg.headers)
         try:
@@ -186,21 +148,23 @@ class AttemptRunner:
             # to Postgres): give the attempt back without running it.
             return Outcome("interrupted", error="worker shutting down")
         running.task = asyncio.ensure_future(fn(ctx, claim.payload))
-        done, _ = await asyncio.wait({running.task}, timeout=timeout)
-        if not done:
-            running.task.cancel()
-            with contextlib.suppress(BaseException):
-                await running.task
-            if running.stop_reason is None:
-                return Outcome(
-                    "failed", error=f"timed out after {timeout:g}s", error_type="TimeoutError"
-                )
+        ended = await await_handler(running, timeout, self.stuck_s, self.stuck)
+        if running.stop_reason is None and (not ended or running.task.cancelled()):
+            return Outcome(
+                "failed",
+                error=f"timed out after {timeout:g}s"
+                + ("" if ended else "; the handler ignored its cancellation (stuck)"),
+                error_type="TimeoutError",
+            )
         if running.task.cancelled() or running.stop_reason is not None:
             reason = running.stop_reason or "shutdown"
             if reason == "shutdown":
                 return Outcome("interrupted", error="worker shutting down")
             if reason == "cancelled":
                 return Outcome("cancelled", error="cancelled by request")
+            if reason == "lease_unrenewed":
+                # Not counted: this worker lost Postgres, the task did nothing wrong.
+                return Outcome("interrupted", error=LEASE_UNRENEWED)
             return Outcome("lost", error="lease lost to another worker")
         exc = running.task.exception()
         if exc is not None:
@@ -222,13 +186,23 @@ class AttemptRunner:
         return Outcome("succeeded", result_json=result_json)
 
     async def _record(self, running: Running, outcome: Outcome) -> str:
-        """Write the outcome, retrying through short Postgres outages; settle the message."""
+        """Write the outcome, retrying through Postgres outages however long; settle the message.
+
+        While it retries the attempt stays registered in :attr:`running`, so the
+        heartbeat keeps its message in progress and renews its lease as soon as Postgres
+        answers: a late write is safe (every statement is fenced by attempt), a success
+        is never thrown away for an outage and no attempt is used up by one. Any other
+        error of one try is logged (``loop_failed``), counted in
+        ``taskflow_loop_errors_total{loop="record"}`` and retried the same way. Only once
+        the shutdown grace is over does it give up (the process is exiting): the message
+        is nak'd and the attempt left to its lease.
+        """
         claim, msg = running.claim, running.msg
         if outcome.kind == "lost":
             log.warning("attempt_lost", reason=outcome.error)
             return "ack"
         backoff = Backoff()
-        deadline = time.monotonic() + max(60.0, self.settings.worker_ack_wait * 4)
+        errors_backoff = Backoff(max_s=30.0)  # a lasting error is logged less often
         while True:
             try:
                 if outcome.kind == "succeeded":
@@ -259,11 +233,19 @@ class AttemptRunner:
                         await settle(msg.nak())
                         return "settled"
                     if outcome.kind == "cancelled":
-                        await attempts.mark_cancelled(
+                        if await attempts.mark_cancelled(
                             conn, claim.task_id, claim.attempt, outcome.error
-                        )
-                        log.info("attempt_cancelled")
-                        return "ack"
+                        ) or not await attempts.interrupt(
+                            conn, claim.task_id, claim.attempt, STALE_CANCEL
+                        ):
+                            # Closed here or by the API's cancel itself.
+                            log.info("attempt_cancelled")
+                            return "ack"
+                        # The task was not cancelled (a stale request named no attempt):
+                        # give the attempt back, not counted, and run it again.
+                        log.warning("attempt_interrupted", reason=STALE_CANCEL)
+                        await settle(msg.nak())
+                        return "settled"
                     s = self.settings
                     failure = await attempts.fail(
                         conn,
@@ -292,14 +274,33 @@ class AttemptRunner:
                     )
                     return "ack"
             except OUTAGE as exc:
-                if time.monotonic() > deadline:
-                    # Give up; the lease expires and the attempt is abandoned by the reaper.
-                    log.error("record_failed", error=repr(exc))
+                if self.grace_over:
+                    # Exiting: the lease expires and the attempt is abandoned by the reaper.
+                    log.error("record_failed", error=repr(exc), reason="shutdown grace over")
                     await settle(msg.nak(delay=redelivery_delay(msg)))
                     return "settled"
                 delay = backoff.failed()
                 log.warning("record_unavailable", error=repr(exc), retry_in_s=delay)
                 await asyncio.sleep(delay)  # back off before retrying the write
+            except Exception as exc:
+                # Not an outage (a deadlock, a trigger or constraint refusing one row, a
+                # bug): the loop's contract still holds. Logged with its class, counted,
+                # backed off and tried again; the outcome is never dropped for it.
+                if self.grace_over:
+                    log.error("record_failed", error=repr(exc), reason="shutdown grace over")
+                    await settle(msg.nak(delay=redelivery_delay(msg)))
+                    return "settled"
+                delay = errors_backoff.failed()
+                log.error(
+                    "loop_failed",
+                    exc=True,
+                    loop="record",
+                    error_class=type(exc).__name__,
+                    error=repr(exc)[:500],
+                    retry_in_s=delay,
+                )
+                self.metrics.loop_errors.count("record", exc)
+                await asyncio.sleep(delay)
 
 
 @functools.lru_cache(maxsize=256)

@@ -3,9 +3,17 @@
 A fetch's distinct task ids go into one batch claim (one round trip that also opens the
 execution rows and their leases). A delivery that did not claim is settled without
 running anything, after asking Postgres why (:func:`~taskflow_common.store.claims.diagnose`):
-terminal task or stale copy -> ack; attempt owned by a live worker -> ack; owner's lease
-expired -> the attempt is abandoned (counted) and the retry scheduled -> ack; unknown
-task -> dead-lettered.
+terminal task or stale copy -> ack; attempt owned by a live worker -> nak until its lease
+has run out (see below); owner's lease expired -> the attempt is abandoned (counted) and
+the retry scheduled -> ack; unknown task -> dead-lettered.
+
+An attempt "owned elsewhere" may be a phantom: a claim that committed while its worker
+saw an error, which that worker nak'd and nobody runs. Acking would drop the only copy
+of the message, so nobody could adopt the attempt and it would end abandoned (with
+``max_attempts=1``: failed, its handler never run). The delivery is nak'd with a delay
+covering the rest of the lease (:data:`LEASE_SLACK_S` more), so it comes back once the
+owner has either renewed the lease (it runs the attempt), adopted the attempt, or lost
+it. Only a delivery near ``max_deliver`` is acked, not to strand it in the stream.
 
 A claim that failed with an outage error may have committed anyway, leaving an open
 attempt owned by this process that nobody runs. Such deliveries are remembered (the
@@ -16,6 +24,7 @@ uncertain claims) and their redelivery adopts the attempt
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
 
 import asyncpg
@@ -31,11 +40,15 @@ from taskflow_common.store import attempts
 from taskflow_common.store import claims as claim_store
 from taskflow_common.store.claims import Claim, Refusal
 from taskflow_common.subjects import Priority
-from taskflow_worker.attempt import AttemptRunner, RunningAttempts
+from taskflow_worker.attempt import AttemptRunner
 from taskflow_worker.delivery import DeadLetters, redelivery_delay, settle
+from taskflow_worker.running import RunningAttempts
 from taskflow_worker.settings import WorkerSettings
 
 log = get_logger(__name__)
+
+LEASE_SLACK_S = 1.0
+"""Seconds past an owner's lease end before a nak'd "owned elsewhere" delivery comes back."""
 
 UNCERTAIN_MAX = 10_000
 """Uncertain claims remembered at most (oldest forgotten first)."""
@@ -90,6 +103,7 @@ class Claims:
             if message is not None and message.task_id not in deliveries:
                 deliveries[message.task_id] = message.dispatch
         claims: BatchClaim | None = None
+        sent = time.monotonic()  # the claims' leases start no earlier
         if deliveries:
             claims = asyncio.ensure_future(self._claim_many(list(deliveries.items())))
         for priority, msg, message in decoded:
@@ -98,7 +112,7 @@ class Claims:
                 del deliveries[message.task_id]  # later copies are handled alone
                 shared = claims
             self.inflight += 1
-            task = asyncio.create_task(self.handle(priority, msg, shared, message))
+            task = asyncio.create_task(self.handle(priority, msg, shared, message, sent))
             self.handling.add(task)
             task.add_done_callback(self._handled)
 
@@ -122,11 +136,13 @@ class Claims:
         msg: Msg,
         claims: BatchClaim | None = None,
         message: TaskMessage | None = None,
+        sent: float | None = None,
     ) -> None:
         """Process one delivery end to end; always settles the message.
 
-        ``claims`` is the batch claim this delivery took part in (see :meth:`start`);
-        without it the delivery claims alone. ``message`` is ``msg`` already decoded.
+        ``claims`` is the batch claim this delivery took part in (see :meth:`start`),
+        sent at monotonic time ``sent``; without it the delivery claims alone.
+        ``message`` is ``msg`` already decoded.
         """
         if message is None:
             try:
@@ -136,7 +152,7 @@ class Claims:
                 return
         with bound(task_id=str(message.task_id)):
             try:
-                outcome = await self._claim_and_run(message, msg, claims)
+                outcome = await self._claim_and_run(message, msg, claims, sent)
             except OUTAGE as exc:
                 # Postgres away: usually the claim did not commit and no attempt was
                 # used; if it did commit unseen, the redelivery adopts it (see below).
@@ -186,14 +202,15 @@ class Claims:
         return claim
 
     async def _claim_and_run(
-        self, message: TaskMessage, msg: Msg, claims: BatchClaim | None
+        self, message: TaskMessage, msg: Msg, claims: BatchClaim | None, sent: float | None
     ) -> str:
         if claims is not None:
             # shield: this task's cancellation must not cancel the claim the others share.
             claimed = (await asyncio.shield(claims)).get(message.task_id)
             if claimed is not None:
                 self.uncertain.pop(message.task_id, None)
-                return await self.runner.run(claimed, msg)
+                return await self.runner.run(claimed, msg, sent)
+        sent = time.monotonic()  # a claim or adoption below starts its lease no earlier
         async with self.db.acquire() as conn:
             claim: Claim | Refusal
             if claims is not None:  # the batch claim refused it: ask why (the rare path)
@@ -212,8 +229,16 @@ class Claims:
                 if claim.verdict == "lease_expired":
                     await self._take_over(conn, message.task_id, claim)
                 log.debug("delivery_skipped", verdict=claim.verdict, dispatch=message.dispatch)
+                if claim.verdict == "owned_elsewhere" and self._may_redeliver(msg):
+                    await settle(msg.nak(delay=max(0.0, claim.lease_left_s) + LEASE_SLACK_S))
+                    return "settled"
                 return "ack"
-        return await self.runner.run(claim, msg)
+        return await self.runner.run(claim, msg, sent)
+
+    def _may_redeliver(self, msg: Msg) -> bool:
+        """True while ``msg`` has deliveries left before ``max_deliver`` (one kept spare)."""
+        delivered = msg.metadata.num_delivered or 1
+        return delivered < self.settings.worker_max_deliver - 1
 
     async def _take_over(
         self, conn: asyncpg.Connection, task_id: uuid.UUID, refusal: Refusal

@@ -51,7 +51,10 @@ class DeadLetters:
         letter = DeadLetter(
             reason=f"malformed message: {reason}", subject=msg.subject, raw=msg.data[:MAX_RAW_BYTES]
         )
-        msg_id = f"dlq:malformed:{meta.stream}:{meta.sequence.stream}"
+        # The message's stored time (same on every redelivery) tells two incarnations of
+        # the stream apart: their sequences start again at 1.
+        stored_us = int(meta.timestamp.timestamp() * 1_000_000)
+        msg_id = f"dlq:malformed:{meta.stream}:{meta.sequence.stream}:{stored_us}"
         try:
             await self.bus.publish(
                 self.bus.names.dlq_subject, letter.encode(), {HEADER_MSG_ID: msg_id}

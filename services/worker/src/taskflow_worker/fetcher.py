@@ -14,7 +14,8 @@ scheduling, *aging* (Silberschatz, Galvin and Gagne, *Operating System Concepts*
 The age of a priority's oldest waiting message is asked from the server
 (:meth:`~taskflow_common.bus.Bus.oldest_waiting`) only when it matters, i.e. after a
 fetch served a higher priority, and at most every ``probe_s`` seconds per priority;
-an idle or lightly loaded worker never probes. Ages use the NATS server's publish time.
+an idle or lightly loaded worker never probes. Ages are read on the NATS server's clock
+alone (its current time minus the publish time), never against the worker's wall clock.
 
 A priority whose last pull came back short (it had fewer messages than asked) is *known
 empty* and skipped for ``empty_s`` seconds (50 ms by default), unless the dispatcher's

@@ -13,6 +13,7 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from taskflow_common.loops import LoopErrors
 from taskflow_common.metrics import (
     DURATION_BUCKETS_S,
     WAIT_BUCKETS_S,
@@ -106,6 +107,8 @@ class WorkerMetrics:
             ["priority"],
             registry=registry,
         )
+        self.loop_errors = LoopErrors(registry)
+        """``taskflow_loop_errors_total{loop, error}``: passes of a loop that raised."""
 
     def _child(self, metric: Counter | Histogram, *values: str) -> Any:
         key = (metric, *values)

@@ -11,12 +11,18 @@ Payload keys (all optional): ``sleep_s`` (float, seconds).
 - ``test.crash``: SIGKILL the worker process (after ``sleep_s``, default 0);
 - ``test.unserializable``: return a value JSON cannot hold (a set);
 - ``test.unstorable``: return JSON that Postgres' ``jsonb`` refuses (a ``\\u0000``);
-- ``test.nul_error``: raise an error whose message holds a NUL byte (not valid ``text``).
+- ``test.nul_error``: raise an error whose message holds a NUL byte (not valid ``text``);
+- ``test.trace``: like ``test.sleep``, and append one JSON line per run's start and end
+  (``{"task", "attempt", "worker", "event": "start"|"end", "how", "t"}``, ``t`` in Unix
+  seconds) to the file ``payload["trace"]``: what a user's side effects would show;
+- ``test.stubborn``: sleep ``sleep_s`` (default 3600) and ignore every cancellation.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
 import os
 import signal
 import time
@@ -85,3 +91,47 @@ async def unstorable(ctx: TaskContext, payload: Any) -> Any:
 async def nul_error(ctx: TaskContext, payload: Any) -> Any:
     """Fail with a message Postgres cannot store as ``text`` (it holds a NUL byte)."""
     raise RuntimeError("bad byte \x00 in the message")
+
+
+def _trace(path: str, ctx: TaskContext, event: str, how: str = "") -> None:
+    line = {
+        "task": str(ctx.task_id),
+        "attempt": ctx.attempt,
+        "worker": os.environ.get("WORKER_ID", ""),
+        "event": event,
+        "how": how,
+        "t": time.time(),
+    }
+    # One O_APPEND write per line: lines of several processes never interleave.
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, (json.dumps(line) + "\n").encode())
+    finally:
+        os.close(fd)
+
+
+@handler("test.trace")
+async def trace(ctx: TaskContext, payload: Any) -> Any:
+    """Sleep ``sleep_s`` seconds, writing the run's start and end to ``payload["trace"]``."""
+    path = str(payload["trace"])
+    _trace(path, ctx, "start")
+    how = "error"
+    try:
+        await asyncio.sleep(_seconds(payload, 1.0))
+        how = "returned"
+    except asyncio.CancelledError:
+        how = "cancelled"
+        raise
+    finally:
+        _trace(path, ctx, "end", how)
+    return {"attempt": ctx.attempt}
+
+
+@handler("test.stubborn")
+async def stubborn(ctx: TaskContext, payload: Any) -> Any:
+    """Sleep ``sleep_s`` seconds (default 3600), swallowing every ``CancelledError``."""
+    until = time.monotonic() + _seconds(payload, 3600.0)
+    while (left := until - time.monotonic()) > 0:
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.sleep(left)  # a misbehaving handler: it ignores cancellation
+    return {"stubborn": True}

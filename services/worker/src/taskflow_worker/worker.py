@@ -29,6 +29,8 @@ This module wires those parts together (:class:`Worker`) and is the service body
 from __future__ import annotations
 
 import asyncio
+import os
+import sys
 
 from nats.aio.msg import Msg
 from prometheus_client import CollectorRegistry
@@ -38,12 +40,13 @@ from taskflow_common.db import Database, open_pool
 from taskflow_common.errors import ConfigError, MalformedMessage, UnavailableError
 from taskflow_common.lifecycle import ready, wait_any
 from taskflow_common.logs import get_logger
+from taskflow_common.loops import run_loop
 from taskflow_common.messages import CancelRequest
 from taskflow_common.metrics import new_registry
 from taskflow_common.metrics import serve as serve_metrics
-from taskflow_common.retry import OUTAGE, Backoff
+from taskflow_common.retry import Backoff
 from taskflow_common.subjects import PRIORITIES, Priority
-from taskflow_worker.attempt import AttemptRunner, RunningAttempts
+from taskflow_worker.attempt import AttemptRunner
 from taskflow_worker.claims import Claims
 from taskflow_worker.completions import Completions
 from taskflow_worker.delivery import DeadLetters
@@ -51,6 +54,7 @@ from taskflow_worker.fetcher import Fetcher
 from taskflow_worker.handlers import load_modules
 from taskflow_worker.heartbeat import Heartbeat
 from taskflow_worker.metrics import WorkerMetrics
+from taskflow_worker.running import RunningAttempts
 from taskflow_worker.settings import WorkerSettings
 
 log = get_logger(__name__)
@@ -81,6 +85,7 @@ class Worker:
             self.running,
             lease_s=settings.worker_ack_wait,
             interval_s=max(0.2, settings.worker_ack_wait / 3),
+            errors=self.metrics.loop_errors,
         )
         self.doorbell = asyncio.Event()
         self.fetcher: Fetcher | None = None
@@ -123,8 +128,13 @@ class Worker:
             except MalformedMessage:
                 return
             running = self.running.of_task(request.task_id)
-            if running is not None:
-                running.stop("cancelled")
+            if running is None:
+                return
+            if request.attempt is not None and request.attempt != running.claim.attempt:
+                # A late request for an earlier attempt (cancel -> retry -> new claim).
+                log.info("cancel_ignored", task_id=str(request.task_id), attempt=request.attempt)
+                return
+            running.stop("cancelled")
 
         await self.bus.nc.subscribe(names.wake_subject, cb=on_wake)
         await self.bus.nc.subscribe(names.cancel_subject, cb=on_cancel)
@@ -132,34 +142,38 @@ class Worker:
     # -- fetching -------------------------------------------------------------------------
 
     async def fetch_loop(self, stop: asyncio.Event) -> None:
-        """Fetch into free slots until ``stop``; spawn one handling task per message."""
+        """Fetch into free slots until ``stop``; spawn one handling task per message.
+
+        A pass that raises (an outage, or anything else: a consumer that cannot be
+        reconciled, a bug) is logged, counted and backed off by
+        :func:`~taskflow_common.loops.run_loop`; the loop goes on.
+        """
+
+        async def once() -> None:
+            await self._fetch_once(stop)
+
+        await run_loop("fetch", once, stop, errors=self.metrics.loop_errors)
+
+    async def _fetch_once(self, stop: asyncio.Event) -> None:
         assert self.fetcher is not None
-        backoff = Backoff()
         claims = self.claims
-        while not stop.is_set():
-            free = self.settings.concurrency - claims.inflight
-            if free <= 0:
-                claims.slot_free.clear()
-                await wait_any(stop, claims.slot_free, 1.0)
-                continue
-            self.doorbell.clear()
-            try:
-                batch = await self.fetcher.fetch(free)
-            except ConsumerGone as exc:
-                log.warning("consumer_gone", error=str(exc))
-                await self.reconcile(stop)
-                continue
-            except OUTAGE as exc:
-                delay = backoff.failed()
-                log.warning("fetch_unavailable", error=repr(exc), retry_in_s=delay)
-                await wait_any(stop, None, delay)
-                continue
-            backoff.reset()
-            self.metrics.fetch_round([p for p, _ in batch])
-            if not batch:
-                await wait_any(stop, self.doorbell, self.settings.poll_timeout)
-                continue
-            claims.start(batch)
+        free = self.settings.concurrency - claims.inflight
+        if free <= 0:
+            claims.slot_free.clear()
+            await wait_any(stop, claims.slot_free, 1.0)
+            return
+        self.doorbell.clear()
+        try:
+            batch = await self.fetcher.fetch(free)
+        except ConsumerGone as exc:
+            log.warning("consumer_gone", error=str(exc))
+            await self.reconcile(stop)
+            return
+        self.metrics.fetch_round([p for p, _ in batch])
+        if not batch:
+            await wait_any(stop, self.doorbell, self.settings.poll_timeout)
+            return
+        claims.start(batch)
 
     # -- shutdown -------------------------------------------------------------------------
 
@@ -210,6 +224,7 @@ async def serve(settings: WorkerSettings, stop: asyncio.Event) -> None:
     except ImportError as exc:
         raise ConfigError([f"WORKER_HANDLERS={settings.handlers!r}: cannot import: {exc}"]) from exc
     pool_size = min(settings.concurrency + 2, max(settings.db_pool_max, 4))
+    worker: Worker | None = None
     try:
         async with (
             open_pool(settings, min_size=1, max_size=pool_size) as db,
@@ -231,3 +246,21 @@ async def serve(settings: WorkerSettings, stop: asyncio.Event) -> None:
     except UnavailableError:
         if not stop.is_set():
             raise
+    finally:
+        if worker is not None and worker.runner.stuck:
+            failing = sys.exc_info()[1] is not None
+            _exit_past_stuck_handlers(len(worker.runner.stuck), 1 if failing else 0)
+
+
+def _exit_past_stuck_handlers(count: int, code: int) -> None:
+    """End the process with ``code`` although handlers that ignore cancellation still run.
+
+    The event loop's shutdown cancels every remaining task and waits for each: a
+    handler that swallows ``CancelledError`` would hold the exit for ever. Their
+    attempts are recorded already and the connections closed, so exit now (skipping
+    the interpreter's own shutdown, and the last ``service_stopped`` line).
+    """
+    log.error("exiting_with_stuck_handlers", count=count, exit_code=code)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)

@@ -159,6 +159,26 @@ class Bus:
         UnavailableError (:func:`taskflow_common.bus.streams.stream_created_at`)."""
         return await streams.stream_created_at(self.js, self.names)
 
+    async def stream_state(self) -> streams.StreamState | None:
+        """The task stream's identity and sequence range, None if missing; raises
+        UnavailableError (:func:`taskflow_common.bus.streams.stream_state`)."""
+        return await streams.stream_state(self.js, self.names)
+
+    async def consumer_positions(self) -> dict[Priority, streams.ConsumerPosition]:
+        """Each priority consumer's delivered sequence and pending count; raises
+        UnavailableError (:func:`taskflow_common.bus.streams.consumer_positions`)."""
+        return await streams.consumer_positions(self.js, self.names)
+
+    async def deleted_seqs(self) -> set[int]:
+        """Sequences inside the task stream's range it no longer holds; raises
+        UnavailableError (:func:`taskflow_common.bus.streams.deleted_seqs`)."""
+        return await streams.deleted_seqs(self.js, self.names)
+
+    async def message_ids(self, seqs: Sequence[int]) -> dict[int, str | None]:
+        """``Nats-Msg-Id`` of the task stream's message at each sequence (None: not held);
+        raises UnavailableError (:func:`taskflow_common.bus.streams.message_ids`)."""
+        return await streams.message_ids(self.js, self.names, seqs)
+
     async def ensure_task_consumers(self, wanted: ConsumerSettings) -> None:
         """Create or update the three priority consumers to ``wanted``; raises
         ConsumerConfigMismatch or UnavailableError (see
@@ -172,7 +192,7 @@ class Bus:
     async def oldest_waiting(self, priority: Priority) -> float | None:
         """Seconds the oldest undelivered message of ``priority`` has waited (None: none);
         raises UnavailableError (:func:`taskflow_common.bus.streams.oldest_waiting`)."""
-        return await streams.oldest_waiting(self.js, self.names, priority)
+        return await streams.oldest_waiting(self.nc, self.js, self.names, priority)
 
     # -- publishing (taskflow_common.bus.publish) ---------------------------------------
 

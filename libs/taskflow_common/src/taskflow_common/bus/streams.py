@@ -17,10 +17,14 @@ methods.
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
+import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import nats.js.errors
+from nats.aio.client import Client as NATS
 from nats.js import api
 from nats.js.client import JetStreamContext
 
@@ -28,7 +32,7 @@ from taskflow_common.bus.transient import TRANSIENT_ERRORS
 from taskflow_common.config import CommonSettings
 from taskflow_common.errors import ConsumerConfigMismatch, UnavailableError
 from taskflow_common.logs import get_logger
-from taskflow_common.subjects import PRIORITIES, Names, Priority
+from taskflow_common.subjects import HEADER_MSG_ID, PRIORITIES, Names, Priority
 
 log = get_logger("taskflow_common.bus")  # one logger for the whole bus, as before the split
 
@@ -96,6 +100,116 @@ async def stream_created_at(js: JetStreamContext, names: Names) -> str | None:
     except TRANSIENT_ERRORS as exc:
         raise UnavailableError(f"jetstream unavailable: {exc!r}") from exc
     return info.created.isoformat() if info.created else ""
+
+
+@dataclass(frozen=True, slots=True)
+class StreamState:
+    """The task stream's identity and sequence range, as one ``stream_info`` says.
+
+    ``created``: the creation time (ISO string; a stream created again has another one);
+    ``first_seq``/``last_seq``: the lowest sequence still held and the last one assigned.
+    """
+
+    created: str
+    first_seq: int
+    last_seq: int
+
+
+async def stream_state(js: JetStreamContext, names: Names) -> StreamState | None:
+    """Return the task stream's :class:`StreamState`, or None if it is missing.
+
+    Raises :class:`UnavailableError` when JetStream does not answer.
+    """
+    try:
+        info = await js.stream_info(names.stream)
+    except nats.js.errors.NotFoundError:
+        return None
+    except TRANSIENT_ERRORS as exc:
+        raise UnavailableError(f"jetstream unavailable: {exc!r}") from exc
+    return StreamState(
+        info.created.isoformat() if info.created else "",
+        info.state.first_seq or 0,
+        info.state.last_seq or 0,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class ConsumerPosition:
+    """A priority consumer's progress: ``delivered``, the last delivered stream sequence;
+    ``pending``, how many messages of its subject the stream holds beyond it."""
+
+    delivered: int
+    pending: int
+
+
+async def consumer_positions(
+    js: JetStreamContext, names: Names
+) -> dict[Priority, ConsumerPosition]:
+    """Each priority consumer's :class:`ConsumerPosition` (zeros when it does not exist).
+
+    Raises :class:`UnavailableError` when JetStream does not answer.
+    """
+    out: dict[Priority, ConsumerPosition] = {}
+    for priority in PRIORITIES:
+        try:
+            info = await js.consumer_info(names.stream, names.consumer(priority))
+        except nats.js.errors.NotFoundError:
+            out[priority] = ConsumerPosition(0, 0)
+            continue
+        except TRANSIENT_ERRORS as exc:
+            raise UnavailableError(f"jetstream unavailable: {exc!r}") from exc
+        delivered = info.delivered.stream_seq if info.delivered else 0
+        out[priority] = ConsumerPosition(delivered or 0, info.num_pending or 0)
+    return out
+
+
+async def deleted_seqs(js: JetStreamContext, names: Names) -> set[int]:
+    """The sequences between the task stream's first and last that it no longer holds.
+
+    One ``STREAM.INFO`` request with ``deleted_details`` (which nats-py does not expose);
+    its size is the stream's ``num_deleted``. Raises :class:`UnavailableError` when
+    JetStream does not answer.
+    """
+    try:
+        # nats-py has no deleted_details option: the same request on its own connection.
+        msg = await js._nc.request(
+            f"{js._prefix}.STREAM.INFO.{names.stream}",
+            json.dumps({"deleted_details": True}).encode(),
+            timeout=5,
+        )
+    except TRANSIENT_ERRORS as exc:
+        raise UnavailableError(f"jetstream unavailable: {exc!r}") from exc
+    body = json.loads(msg.data)
+    return set(body.get("state", {}).get("deleted") or [])
+
+
+MESSAGE_ID_CONCURRENCY = 64
+"""``get_msg`` requests in flight at once in :func:`message_ids`."""
+
+
+async def message_ids(
+    js: JetStreamContext, names: Names, seqs: Sequence[int]
+) -> dict[int, str | None]:
+    """The ``Nats-Msg-Id`` of the task stream's message at each of ``seqs``.
+
+    None for a sequence the stream does not hold (acked, deleted, lost). Up to
+    :data:`MESSAGE_ID_CONCURRENCY` requests in flight at once (one round trip each, on
+    the one connection). Raises :class:`UnavailableError` when JetStream does not answer.
+    """
+    limit = asyncio.Semaphore(MESSAGE_ID_CONCURRENCY)
+
+    async def one(seq: int) -> tuple[int, str | None]:
+        async with limit:
+            try:
+                msg = await js.get_msg(names.stream, seq=seq)
+            except nats.js.errors.NotFoundError:
+                return seq, None
+        return seq, (msg.headers or {}).get(HEADER_MSG_ID, "")
+
+    try:
+        return dict(await asyncio.gather(*(one(q) for q in dict.fromkeys(seqs))))
+    except TRANSIENT_ERRORS as exc:
+        raise UnavailableError(f"jetstream unavailable: {exc!r}") from exc
 
 
 async def _ensure_stream(js: JetStreamContext, config: api.StreamConfig) -> bool:
@@ -209,21 +323,30 @@ def _consumer_diff(have: api.ConsumerConfig, want: api.ConsumerConfig) -> dict[s
     return diff
 
 
-async def oldest_waiting(js: JetStreamContext, names: Names, priority: Priority) -> float | None:
+async def oldest_waiting(
+    nc: NATS, js: JetStreamContext, names: Names, priority: Priority
+) -> float | None:
     """Seconds the oldest not-yet-delivered message of ``priority`` has waited.
 
     None when none waits. Read-only: the task consumer's delivered sequence, then
-    the first message on the priority's subject after it (``next_by_subj``); the
-    age is measured against the server's publish time. Raises
-    :class:`UnavailableError` when JetStream does not answer.
+    the first message on the priority's subject after it (``next_by_subj``). One
+    clock only, the server's: the age is the consumer info's server time (``ts``,
+    NATS >= 2.10) minus the message's publish time, so a worker whose wall clock is
+    off does not promote too early or too late. Raises :class:`UnavailableError`
+    when JetStream does not answer.
     """
     stream, subject = names.stream, names.task_subject(priority)
+    consumer = names.consumer(priority)
     try:
-        info = await js.consumer_info(stream, names.consumer(priority))
-        if not info.num_pending:
-            return None
+        # The raw API answer: nats-py's ConsumerInfo drops the server time ``ts``.
+        resp = await nc.request(
+            f"{api.DEFAULT_PREFIX}.CONSUMER.INFO.{stream}.{consumer}", b"", timeout=5
+        )
+        info = json.loads(resp.data)
+        if "error" in info or not info.get("num_pending"):
+            return None  # no such consumer (yet), or nothing waits
         msg = await js.get_msg(
-            stream, seq=info.delivered.stream_seq + 1, subject=subject, next=True
+            stream, seq=info["delivered"]["stream_seq"] + 1, subject=subject, next=True
         )
     except nats.js.errors.NotFoundError:
         return None
@@ -231,4 +354,15 @@ async def oldest_waiting(js: JetStreamContext, names: Names, priority: Priority)
         raise UnavailableError(f"jetstream unavailable: {exc!r}") from exc
     if msg.time is None:
         return None
-    return max(0.0, (dt.datetime.now(dt.UTC) - msg.time).total_seconds())
+    server_now = _server_time(info.get("ts")) or dt.datetime.now(dt.UTC)
+    return max(0.0, (server_now - msg.time).total_seconds())
+
+
+def _server_time(value: object) -> dt.datetime | None:
+    """Parse a JetStream API timestamp (RFC 3339, nanoseconds); None when absent or bad."""
+    if not isinstance(value, str):
+        return None
+    try:
+        return dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return None

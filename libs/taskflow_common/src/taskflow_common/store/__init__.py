@@ -10,5 +10,9 @@
 - :mod:`.attempts`: finish an attempt, renew leases, abandon lost ones (the worker, the
   dispatcher's reaper);
 - :mod:`.deadletters`: the dead-letter record and its replay/discard (the dlq-monitor);
-- :mod:`.deadletter_stats`: dead-letter counts by type, error and status over windows.
+- :mod:`.deadletter_bulk`: replay every dead-lettered task matching a filter;
+- :mod:`.deadletter_stats`: dead-letter counts by type, error and status over windows;
+- :mod:`.schedules`: schedule definitions and run-now (the ingest API's side);
+- :mod:`.schedule_ticks`: the tick pass that turns due ticks into tasks (the dispatcher);
+- :mod:`.retention`: batched deletes of old terminal tasks and resolved dead letters.
 """

@@ -65,16 +65,21 @@ async def succeed(
 
 # The same as _SUCCEED for many attempts in one statement: each row is fenced exactly as
 # _SUCCEED fences it (the task's current attempt, still processing; the execution still
-# started). Results travel as JSON text and are cast per row.
+# started). Results travel as JSON text and are cast per row. The task rows are locked
+# in id order first (``locked``, a one-time filter of the UPDATE), as every bulk lock of
+# task rows is, whatever join the planner picks for the UPDATE (issue 11).
 _SUCCEED_MANY = """
 WITH d AS (
     SELECT * FROM unnest($1::uuid[], $2::int[], $3::text[]) AS d(id, attempt, result)
+), locked AS (
+    SELECT id FROM tasks WHERE id = ANY($1::uuid[]) ORDER BY id FOR UPDATE
 ), t AS (
     UPDATE tasks
        SET status = 'completed', result = d.result::jsonb, version = tasks.version + 1,
            finished_at = now(), updated_at = now()
       FROM d
      WHERE tasks.id = d.id AND tasks.attempts = d.attempt AND tasks.status = 'processing'
+       AND (SELECT count(*) FROM locked) >= 0
  RETURNING tasks.id, tasks.attempts
 )
 UPDATE task_executions AS x
@@ -111,13 +116,22 @@ async def succeed_many(
 
 # $1 task, $2 attempt, $3 error, $4 error_type, $5 permanent, $6 backoff seconds,
 # $7 execution status ('failed' | 'abandoned'), $8 require an expired lease.
+# Lock order: the task row first (cur), then the execution, as every other path does
+# (claim, success, interrupt): locking the execution first deadlocked a success racing
+# the reaper's abandon (issue 11). Each step is gated by an uncorrelated EXISTS on the
+# one before, which Postgres evaluates once before its own scan (a one-time filter).
 _FAIL = """
-WITH e AS (
+WITH cur AS (
+    SELECT id FROM tasks
+     WHERE id = $1 AND attempts = $2 AND status = 'processing'
+       FOR UPDATE
+), e AS (
     UPDATE task_executions
        SET status = $7, error = $3, error_type = $4, finished_at = now(),
            duration_ms = extract(epoch FROM now() - started_at) * 1000
      WHERE task_id = $1 AND attempt = $2 AND status = 'started'
        AND (NOT $8 OR lease_expires_at < now())
+       AND EXISTS (SELECT 1 FROM cur)
  RETURNING task_id
 ), t AS (
     UPDATE tasks
@@ -229,11 +243,15 @@ async def interrupt(
     )
 
 
+# Fenced by the task too: only an attempt of a task that *is* cancelled, and whose
+# current attempt it is, may be closed (a late cancel request must not close the attempt
+# of a task that was retried and claimed again since).
 _CANCELLED = """
 UPDATE task_executions
    SET status = 'cancelled', error = $3, finished_at = now(),
        duration_ms = extract(epoch FROM now() - started_at) * 1000
  WHERE task_id = $1 AND attempt = $2 AND status = 'started'
+   AND EXISTS (SELECT 1 FROM tasks WHERE id = $1 AND attempts = $2 AND status = 'cancelled')
 RETURNING id
 """
 
@@ -241,7 +259,11 @@ RETURNING id
 async def mark_cancelled(
     conn: asyncpg.Connection, task_id: uuid.UUID, attempt: int, reason: str
 ) -> bool:
-    """Close a running attempt whose task was cancelled through the API."""
+    """Close attempt ``attempt`` of a task cancelled through the API.
+
+    False when fenced: the attempt is closed already (the API's cancel closes it
+    itself), or the task is not cancelled or has moved on to another attempt.
+    """
     return await conn.fetchval(_CANCELLED, task_id, attempt, storable(reason)) is not None
 
 

@@ -29,6 +29,9 @@ import asyncpg
 # A message may claim when it carries the task's current dispatch (the dispatcher
 # recorded its publish), or the next one while the dispatcher has not recorded it yet:
 # it can crash between the PubAck and its UPDATE, and then this copy is the only one.
+# That branch records the publish itself (dispatched_at; the stream sequence it does not
+# know, and the one kept belongs to an older dispatch: NULL), so that a later interrupt
+# leaves a row the re-dispatch can age (issue 11, items 3 and 9).
 # The lease counts from the moment the row is written (clock_timestamp()), not from the
 # statement's start (now()): a claim that waited on a lock must not commit with a lease
 # that is already spent, or the reaper abandons an attempt its worker is about to run.
@@ -37,6 +40,8 @@ WITH t AS (
     UPDATE tasks
        SET status = 'processing', attempts = attempts + 1, version = version + 1,
            dispatch_pending = false, dispatch_seq = $2,
+           dispatched_at = CASE WHEN dispatch_pending THEN now() ELSE dispatched_at END,
+           stream_seq = CASE WHEN dispatch_pending THEN NULL ELSE stream_seq END,
            started_at = coalesce(started_at, now()), updated_at = now()
      WHERE id = $1
        AND status IN ('queued', 'retrying')
@@ -57,7 +62,7 @@ SELECT t.*, e.id AS execution_id FROM t, e
 _DIAGNOSE = """
 SELECT t.status, t.attempts, t.dispatch_seq, t.dispatch_pending, t.failed_attempts,
        e.status AS execution_status, (e.lease_expires_at < now()) AS lease_expired,
-       e.worker_id
+       extract(epoch FROM e.lease_expires_at - now())::float8 AS lease_left_s, e.worker_id
   FROM tasks t
   LEFT JOIN task_executions e ON e.task_id = t.id AND e.attempt = t.attempts
  WHERE t.id = $1
@@ -94,13 +99,16 @@ class Refusal:
     ``owned_elsewhere``: a live worker runs it; ``lease_expired``: the owner is gone,
     take the attempt over with :func:`taskflow_common.store.attempts.abandon`;
     ``stale``: an older or not-yet-due copy.
-    ``worker_id`` names the owner of the open attempt (for the last two verdicts).
+    ``worker_id`` names the owner of the open attempt (for the last two verdicts);
+    ``lease_left_s`` is how long its lease still runs (seconds, database clock; <= 0
+    once expired).
     """
 
     verdict: Verdict
     attempt: int = 0
     failed_attempts: int = 0
     worker_id: str = ""
+    lease_left_s: float = 0.0
 
 
 def _claim_of(row: asyncpg.Record) -> Claim:
@@ -135,13 +143,21 @@ async def claim(
 
 # The same claim for many deliveries in one statement (one round trip, one commit): the
 # per-row conditions are exactly _CLAIM's, with $1/$2 taken row by row from the arrays.
-# The caller passes distinct task ids sorted ascending, so that two workers claiming
-# overlapping sets (duplicate deliveries) lock the rows in the same order.
+# Lock order: ``locked`` takes the rows' locks in id order (ORDER BY id FOR UPDATE), as
+# every bulk lock of task rows does, before the UPDATE touches any: the UPDATE's own join
+# is a hash join in physical order for larger batches, and two statements locking
+# overlapping rows in different orders deadlock (issue 11). The uncorrelated count is a
+# one-time filter Postgres evaluates before the UPDATE's scan.
 _CLAIM_MANY = """
-WITH t AS (
+WITH locked AS (
+    SELECT id FROM tasks WHERE id = ANY($1::uuid[]) ORDER BY id FOR UPDATE
+), t AS (
     UPDATE tasks
        SET status = 'processing', attempts = tasks.attempts + 1, version = tasks.version + 1,
            dispatch_pending = false, dispatch_seq = d.dispatch,
+           dispatched_at = CASE WHEN tasks.dispatch_pending THEN now()
+                                ELSE tasks.dispatched_at END,
+           stream_seq = CASE WHEN tasks.dispatch_pending THEN NULL ELSE tasks.stream_seq END,
            started_at = coalesce(tasks.started_at, now()), updated_at = now()
       FROM unnest($1::uuid[], $2::int[]) AS d(id, dispatch)
      WHERE tasks.id = d.id
@@ -149,6 +165,7 @@ WITH t AS (
        AND ((NOT tasks.dispatch_pending AND tasks.dispatch_seq = d.dispatch)
             OR (tasks.dispatch_pending AND tasks.dispatch_seq + 1 = d.dispatch
                 AND tasks.run_at <= now()))
+       AND (SELECT count(*) FROM locked) >= 0
  RETURNING tasks.id, tasks.attempts, tasks.type, tasks.payload, tasks.priority,
            tasks.timeout_s, tasks.max_attempts, tasks.failed_attempts, tasks.trace_parent,
            extract(epoch FROM now() - tasks.run_at)::float8 AS queue_wait_s
@@ -194,7 +211,13 @@ async def diagnose(conn: asyncpg.Connection, task_id: uuid.UUID) -> Refusal:
         return Refusal("already_done")
     if why["status"] == "processing" and why["execution_status"] == "started":
         verdict: Verdict = "lease_expired" if why["lease_expired"] else "owned_elsewhere"
-        return Refusal(verdict, why["attempts"], why["failed_attempts"], why["worker_id"])
+        return Refusal(
+            verdict,
+            why["attempts"],
+            why["failed_attempts"],
+            why["worker_id"],
+            why["lease_left_s"] or 0.0,
+        )
     return Refusal("stale")
 
 

@@ -8,7 +8,8 @@ replays its task (``replayed``) or discards it (``discarded``); ``resolved_at`` 
 Every function takes an asyncpg connection (or anything with the same ``fetch*``
 methods, such as a pool) and runs a single statement, so it is atomic on its own and
 may also be called inside the caller's transaction. Counts over windows are
-:mod:`taskflow_common.store.deadletter_stats`; the rows' JSON is
+:mod:`taskflow_common.store.deadletter_stats`; replays by filter are
+:mod:`taskflow_common.store.deadletter_bulk`; the rows' JSON is
 :func:`taskflow_common.store.rows.dead_letter_json`. Driver errors are left to the
 caller's :class:`~taskflow_common.db.Database`, which turns outages into
 :class:`~taskflow_common.errors.UnavailableError`.
@@ -94,19 +95,51 @@ async def record(conn: asyncpg.Connection, dedupe_key: str, dl: DeadLetter) -> b
     references ``tasks``) and its ``reason`` says which id was given. ``failed_at`` is
     ``dl.failed_at`` when it parses as RFC 3339, else the database's ``now()``. NUL
     characters in text fields are replaced by U+FFFD.
+
+    In the same statement, the task's ``dead_letter_pending`` is cleared when this is the
+    dead letter of its current failure (the task is ``failed`` and its ``attempts`` are
+    ``dl.attempts``; migration 0007): until then the dispatcher keeps the dead letter in
+    its outbox and publishes it again if the bus loses it. A duplicate clears it too.
+
+    A dead letter of a failure the task has moved on from (it is not ``failed`` any
+    more, or failed again on a later attempt: it was retried or replayed while the dead
+    letter was on the bus) is recorded already ``replayed`` (``resolved_at=now()``),
+    never ``open``: the task row is locked first, so a concurrent :func:`replay` either
+    committed before or resolves this row after.
     """
     row = await conn.fetchrow(
         """
+        WITH w AS (SELECT $2::uuid AS want),
+        t AS (
+            -- Locked, and read as committed after the lock: a replay either committed
+            -- before (then the task is not failed here) or waits for this statement
+            -- (and then resolves the row inserted here).
+            SELECT id, type, priority, status, attempts,
+                   status <> 'failed' OR attempts IS DISTINCT FROM coalesce($5, attempts)
+                       AS moved_on
+              FROM tasks WHERE id = (SELECT want FROM w)
+               FOR UPDATE
+        ),
+        cleared AS (
+            UPDATE tasks
+               SET dead_letter_pending = false, dead_letter_seq = NULL,
+                   dead_letter_stream = NULL
+             WHERE id = (SELECT id FROM t WHERE NOT moved_on) AND dead_letter_pending
+               AND attempts = $5
+            RETURNING id
+        )
         INSERT INTO dead_letters
             (dedupe_key, task_id, type, priority, attempts, error, reason, subject, raw,
-             trace_id, failed_at)
+             trace_id, failed_at, status, resolved_at)
         SELECT $1, t.id, coalesce($3, t.type), coalesce($4, t.priority), $5, $6,
                CASE WHEN w.want IS NOT NULL AND t.id IS NULL
                     THEN $7 || ' (task ' || w.want::text || ' is not in the tasks table)'
                     ELSE $7 END,
-               $8, $9, $10, coalesce($11, now())
-        FROM (SELECT $2::uuid AS want) AS w
-        LEFT JOIN tasks AS t ON t.id = w.want
+               $8, $9, $10, coalesce($11, now()),
+               CASE WHEN t.moved_on THEN 'replayed' ELSE 'open' END,
+               CASE WHEN t.moved_on THEN now() END
+        FROM w
+        LEFT JOIN t ON t.id = w.want
         ON CONFLICT (dedupe_key) DO NOTHING
         RETURNING id
         """,
@@ -128,7 +161,8 @@ async def record(conn: asyncpg.Connection, dedupe_key: str, dl: DeadLetter) -> b
 # -- reading --------------------------------------------------------------------------
 
 
-def _like(text: str) -> str:
+def like_pattern(text: str) -> str:
+    """``text`` as an ILIKE pattern matching it as a substring (``%``, ``_`` literal)."""
     escaped = text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
     return f"%{escaped}%"
 
@@ -158,7 +192,7 @@ async def list_dead_letters(
         args.append(type)
         where.append(f"type = ${len(args)}")
     if error_contains:
-        args.append(_like(error_contains))
+        args.append(like_pattern(error_contains))
         where.append(f"(error ILIKE ${len(args)} OR reason ILIKE ${len(args)})")
     if status is not None:
         args.append(status)
@@ -220,25 +254,30 @@ async def replay(conn: asyncpg.Connection, task_id: uuid.UUID) -> asyncpg.Record
     and :class:`InvalidStateError` (409 ``invalid_state``) when its status is not
     ``failed`` or ``cancelled``; concurrent replays of one task succeed once.
     """
-    row = await conn.fetchrow(
-        f"""
-        WITH t AS (
-            UPDATE tasks
-            SET status = 'queued', failed_attempts = 0, dispatch_pending = true,
-                dead_letter_pending = false, run_at = now(), result = NULL,
-                finished_at = NULL, version = version + 1, updated_at = now()
-            WHERE id = $1 AND status = ANY($2::text[])
-            RETURNING {TASK_COLUMNS}
-        ), d AS (
-            UPDATE dead_letters SET status = 'replayed', resolved_at = now()
-            WHERE task_id = $1 AND status = 'open' AND EXISTS (SELECT 1 FROM t)
-            RETURNING id
+    async with conn.transaction():
+        # Lock first, so that the statement below (and its snapshot) starts after a
+        # dlq-monitor recording a dead letter of this task has committed.
+        await conn.execute("SELECT 1 FROM tasks WHERE id = $1 FOR UPDATE", task_id)
+        row = await conn.fetchrow(
+            f"""
+            WITH t AS (
+                UPDATE tasks
+                SET status = 'queued', failed_attempts = 0, dispatch_pending = true,
+                    dead_letter_pending = false, dead_letter_seq = NULL,
+                    dead_letter_stream = NULL, run_at = now(), result = NULL,
+                    finished_at = NULL, version = version + 1, updated_at = now()
+                WHERE id = $1 AND status = ANY($2::text[])
+                RETURNING {TASK_COLUMNS}
+            ), d AS (
+                UPDATE dead_letters SET status = 'replayed', resolved_at = now()
+                WHERE task_id = $1 AND status = 'open' AND EXISTS (SELECT 1 FROM t)
+                RETURNING id
+            )
+            SELECT t.*, (SELECT count(*) FROM d)::int AS dead_letters_replayed FROM t
+            """,  # noqa: S608 - constant column lists; values are bind parameters
+            task_id,
+            list(REPLAYABLE_STATUSES),
         )
-        SELECT t.*, (SELECT count(*) FROM d)::int AS dead_letters_replayed FROM t
-        """,  # noqa: S608 - constant column lists; values are bind parameters
-        task_id,
-        list(REPLAYABLE_STATUSES),
-    )
     if row is not None:
         return row
     current = await conn.fetchval("SELECT status FROM tasks WHERE id = $1", task_id)
@@ -247,6 +286,21 @@ async def replay(conn: asyncpg.Connection, task_id: uuid.UUID) -> asyncpg.Record
     raise InvalidStateError(
         f"task {task_id} is {current}; only failed or cancelled tasks can be replayed"
     )
+
+
+async def resolve_late(conn: asyncpg.Connection, task_ids: list[uuid.UUID]) -> int:
+    """Resolve open dead letters of just-replayed tasks that the replay's statement could
+    not see: recorded by a dlq-monitor that held a task row's lock while the replay waited
+    for it (committed after the statement's snapshot). Call in the replay's transaction,
+    which holds the task rows now, so no later record can be ``open``. Returns how many."""
+    if not task_ids:
+        return 0
+    status = await conn.execute(
+        "UPDATE dead_letters SET status = 'replayed', resolved_at = now()"
+        " WHERE task_id = ANY($1::uuid[]) AND status = 'open'",
+        task_ids,
+    )
+    return int(status.split()[-1])
 
 
 async def discard(conn: asyncpg.Connection, dead_letter_id: uuid.UUID) -> list[asyncpg.Record]:
@@ -277,101 +331,6 @@ async def discard(conn: asyncpg.Connection, dead_letter_id: uuid.UUID) -> list[a
         f"dead letters for {dead_letter_id} are already "
         + " and ".join(r["status"] for r in states)
     )
-
-
-MAX_REPLAY = 1000
-"""Most tasks one :func:`replay_matching` call replays; call again for the rest."""
-
-
-@dataclass(frozen=True, slots=True)
-class BulkReplay:
-    """Outcome of :func:`replay_matching`.
-
-    ``tasks``: tasks replayed (or, for a dry run, that would be); ``dead_letters``: open
-    dead letters they had; ``task_ids``: the replayed ids (empty for a dry run);
-    ``remaining``: matching tasks left after this call (only above :data:`MAX_REPLAY`).
-    """
-
-    tasks: int
-    dead_letters: int
-    task_ids: list[uuid.UUID]
-    remaining: int
-
-
-def _matching(type: str | None, error_contains: str | None) -> tuple[str, list[Any]]:
-    # Open dead letters of replayable tasks, filtered as the list is (type exact; text a
-    # case-insensitive substring of error or reason). $1 is the replayable statuses.
-    args: list[Any] = [list(REPLAYABLE_STATUSES)]
-    where = ["d.status = 'open'", "t.status = ANY($1::text[])"]
-    if type is not None:
-        args.append(type)
-        where.append(f"d.type = ${len(args)}")
-    if error_contains:
-        args.append(_like(error_contains))
-        where.append(f"(d.error ILIKE ${len(args)} OR d.reason ILIKE ${len(args)})")
-    sql = "FROM dead_letters d JOIN tasks t ON t.id = d.task_id WHERE " + " AND ".join(where)
-    return sql, args
-
-
-async def count_matching(
-    conn: asyncpg.Connection, *, type: str | None = None, error_contains: str | None = None
-) -> tuple[int, int]:
-    """``(tasks, open dead letters)`` that :func:`replay_matching` would replay now."""
-    body, args = _matching(type, error_contains)
-    row = await conn.fetchrow(
-        f"SELECT count(DISTINCT d.task_id) AS tasks, count(*) AS letters {body}",
-        *args,
-    )
-    assert row is not None
-    return int(row["tasks"]), int(row["letters"])
-
-
-async def replay_matching(
-    conn: asyncpg.Connection,
-    *,
-    type: str | None = None,
-    error_contains: str | None = None,
-    limit: int = MAX_REPLAY,
-) -> BulkReplay:
-    """Replay every failed or cancelled task with an open dead letter matching the filter.
-
-    Filters as :func:`list_dead_letters` (``type`` exact, ``error_contains`` substring
-    of error or reason); no filter replays every open one. Each task changes as in
-    :func:`replay` (queued, fresh attempt budget, history kept) and its open dead letters
-    become ``replayed``, in one statement; at most ``limit`` tasks per call, oldest
-    failure first. A task replayed concurrently elsewhere is skipped, never replayed twice.
-    """
-    body, args = _matching(type, error_contains)
-    args.append(max(1, min(limit, MAX_REPLAY)))
-    row = await conn.fetchrow(
-        f"""
-        WITH m AS (
-            SELECT d.task_id, min(d.failed_at) AS first_failed {body}
-            GROUP BY d.task_id ORDER BY first_failed LIMIT ${len(args)}
-        ), t AS (
-            UPDATE tasks
-            SET status = 'queued', failed_attempts = 0, dispatch_pending = true,
-                dead_letter_pending = false, run_at = now(), result = NULL,
-                finished_at = NULL, version = version + 1, updated_at = now()
-            FROM m
-            WHERE tasks.id = m.task_id AND tasks.status = ANY($1::text[])
-            RETURNING tasks.id
-        ), d AS (
-            UPDATE dead_letters SET status = 'replayed', resolved_at = now()
-            WHERE task_id IN (SELECT id FROM t) AND status = 'open'
-            RETURNING id
-        )
-        SELECT (SELECT coalesce(array_agg(id), '{{}}') FROM t) AS ids,
-               (SELECT count(*) FROM d)::int AS letters
-        """,  # noqa: S608 - constant fragments; values are bind parameters
-        *args,
-    )
-    assert row is not None
-    ids = list(row["ids"])
-    remaining = 0
-    if len(ids) >= args[-1]:
-        remaining = (await count_matching(conn, type=type, error_contains=error_contains))[0]
-    return BulkReplay(len(ids), int(row["letters"]), ids, remaining)
 
 
 async def open_by_type(conn: asyncpg.Connection) -> dict[str | None, int]:

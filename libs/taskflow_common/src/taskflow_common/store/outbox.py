@@ -25,8 +25,9 @@ DEAD_LETTER_PAYLOAD = "dead"
 
 _MARK_DISPATCHED = """
 UPDATE tasks AS t
-   SET dispatch_pending = false, dispatch_seq = u.seq, dispatched_at = now()
-  FROM unnest($1::uuid[], $2::int[]) AS u(id, seq)
+   SET dispatch_pending = false, dispatch_seq = u.seq, dispatched_at = now(),
+       stream_seq = u.stream_seq
+  FROM unnest($1::uuid[], $2::int[], $3::bigint[]) AS u(id, seq, stream_seq)
  WHERE t.id = u.id AND t.dispatch_pending AND t.dispatch_seq + 1 = u.seq
 """
 
@@ -100,11 +101,21 @@ async def lock_due_pass(conn: asyncpg.Connection, limit: int) -> DuePass:
     return DuePass(due, None if later is None else float(later))
 
 
-async def mark_dispatched(conn: asyncpg.Connection, published: Sequence[Due]) -> None:
-    """Record PubAck'd publishes (same transaction as :func:`lock_due_pass`)."""
+async def mark_dispatched(
+    conn: asyncpg.Connection, published: Sequence[Due], stream_seqs: Sequence[int]
+) -> None:
+    """Record PubAck'd publishes (same transaction as :func:`lock_due_pass`).
+
+    ``stream_seqs[i]`` is the PubAck's stream sequence of ``published[i]``: kept on the
+    row so that the dispatcher can ask the stream whether the message is still there
+    (:mod:`taskflow_common.store.waiting`).
+    """
     if published:
         await conn.execute(
-            _MARK_DISPATCHED, [d.task_id for d in published], [d.dispatch for d in published]
+            _MARK_DISPATCHED,
+            [d.task_id for d in published],
+            [d.dispatch for d in published],
+            list(stream_seqs),
         )
 
 
@@ -120,10 +131,12 @@ async def dispatch_lag(conn: asyncpg.Connection) -> float:
     return max(0.0, lag or 0.0)
 
 
+# Dead letters still to publish (migration 0007: pending and not on the bus). The flag
+# stays set after the PubAck, until the dlq-monitor's record clears it.
 _DEAD = """
 SELECT id, type, priority, attempts, last_error, finished_at, trace_parent
   FROM tasks
- WHERE dead_letter_pending
+ WHERE dead_letter_pending AND dead_letter_seq IS NULL
  ORDER BY updated_at
  LIMIT $1
    FOR UPDATE SKIP LOCKED
@@ -144,7 +157,11 @@ class DeadTask:
 
 
 async def lock_dead(conn: asyncpg.Connection, limit: int) -> list[DeadTask]:
-    """Lock up to ``limit`` tasks whose dead letter is pending. Call inside a transaction."""
+    """Lock up to ``limit`` tasks whose dead letter is still to publish.
+
+    Call inside a transaction. A dead letter already on the bus (PubAck'd, not yet
+    recorded) is not returned until :func:`rearm_lost_dead_letters` finds it gone.
+    """
     rows = await conn.fetch(_DEAD, limit)
     return [
         DeadTask(
@@ -160,27 +177,72 @@ async def lock_dead(conn: asyncpg.Connection, limit: int) -> list[DeadTask]:
     ]
 
 
-async def mark_dead_published(conn: asyncpg.Connection, task_ids: Sequence[uuid.UUID]) -> None:
-    """Clear ``dead_letter_pending`` for PubAck'd dead letters (same transaction)."""
-    if task_ids:
+async def mark_dead_published(
+    conn: asyncpg.Connection, published: Sequence[tuple[uuid.UUID, int]], stream: str
+) -> None:
+    """Remember where PubAck'd dead letters are (same transaction as :func:`lock_dead`).
+
+    ``published`` holds ``(task_id, stream sequence of the PubAck)``; ``stream`` is the
+    dead-letter stream's identity (its creation time). ``dead_letter_pending`` stays
+    set: only the dlq-monitor's record (:func:`taskflow_common.store.deadletters.record`)
+    clears it, so a dead letter the bus loses is published again.
+    """
+    if published:
         await conn.execute(
-            "UPDATE tasks SET dead_letter_pending = false WHERE id = ANY($1::uuid[])",
-            list(task_ids),
+            """UPDATE tasks AS t SET dead_letter_seq = u.seq, dead_letter_stream = $3
+                 FROM unnest($1::uuid[], $2::bigint[]) AS u(id, seq)
+                WHERE t.id = u.id AND t.dead_letter_pending""",
+            [p[0] for p in published],
+            [p[1] for p in published],
+            stream,
         )
+
+
+async def rearm_lost_dead_letters(conn: asyncpg.Connection, stream: str, first_seq: int) -> int:
+    """Mark published dead letters that the bus no longer holds to be published again.
+
+    ``stream`` is the dead-letter stream's identity now and ``first_seq`` its first
+    stored sequence: a message put into another incarnation of the stream, or below
+    ``first_seq`` (aged out after ``DLQ_MAX_AGE``, purged), is gone. Returns how many
+    were re-armed (their statement notifies the dispatcher's channel).
+    """
+    status = await conn.execute(
+        """UPDATE tasks SET dead_letter_seq = NULL, dead_letter_stream = NULL
+            WHERE dead_letter_pending AND dead_letter_seq IS NOT NULL
+              AND (dead_letter_stream IS DISTINCT FROM $1 OR dead_letter_seq < $2)""",
+        stream,
+        first_seq,
+    )
+    return int(status.split()[-1])
 
 
 async def redispatch_waiting(conn: asyncpg.Connection, older_than_s: float = 0.0) -> int:
     """Mark published-but-unclaimed tasks due again; return how many.
 
     With ``older_than_s == 0`` every such task is re-queued: used when the task stream
-    was found recreated (its messages are gone). With a positive age it is the safety
-    net for a message lost any other way. A copy that still exists is fenced by the
-    dispatch number and acked as stale.
+    was found recreated (its messages are gone). With a positive age only the rows with
+    no recorded stream sequence are (the others are checked against the stream, see
+    :mod:`taskflow_common.store.waiting`): the safety net for a message lost any other
+    way. A copy that still exists is fenced by the dispatch number and acked as stale.
+
+    A row with no ``dispatched_at`` counts from its last change (``updated_at``): a task
+    claimed through the "publish not yet recorded" branch (the dispatcher died between
+    the PubAck and its commit) and then interrupted is queued with no record of a
+    publish, and its message may be gone (issue 11, item 3).
     """
+    # Rows are locked in id order, skipping any another transaction holds (a claim, a
+    # cancel): as every bulk lock of task rows, so that it never deadlocks with a
+    # claim_many (issue 11); a skipped row is looked at again on the next round.
     status = await conn.execute(
         """UPDATE tasks SET dispatch_pending = true
-            WHERE status IN ('queued', 'retrying') AND NOT dispatch_pending
-              AND dispatched_at <= now() - make_interval(secs => $1)""",
+            WHERE id IN (SELECT id FROM tasks
+                          WHERE status IN ('queued', 'retrying') AND NOT dispatch_pending
+                            AND ($1 = 0 OR stream_seq IS NULL)
+                            AND (dispatched_at <= now() - make_interval(secs => $1)
+                                 OR (dispatched_at IS NULL
+                                     AND updated_at <= now() - make_interval(secs => $1)))
+                          ORDER BY id
+                            FOR UPDATE SKIP LOCKED)""",
         older_than_s,
     )
     return int(status.split()[-1])
@@ -216,13 +278,20 @@ async def close_orphans(conn: asyncpg.Connection) -> int:
 
     (e.g. the task was cancelled while its worker was gone). Returns how many.
     """
+    # Execution rows locked in id order, skipping busy ones (next round), like every bulk
+    # lock; the task rows are only read, never locked, so the task-first order holds.
     status = await conn.execute(
         """UPDATE task_executions e
               SET status = 'abandoned', finished_at = now(),
                   error = coalesce(e.error, 'worker lost (lease expired) after the task moved on'),
                   duration_ms = extract(epoch FROM now() - e.started_at) * 1000
-            WHERE e.status = 'started' AND e.lease_expires_at < now()
-              AND NOT EXISTS (SELECT 1 FROM tasks t WHERE t.id = e.task_id
-                                 AND t.status = 'processing' AND t.attempts = e.attempt)"""
+            WHERE e.id IN (
+                  SELECT x.id FROM task_executions x
+                   WHERE x.status = 'started' AND x.lease_expires_at < now()
+                     AND NOT EXISTS (SELECT 1 FROM tasks t WHERE t.id = x.task_id
+                                        AND t.status = 'processing' AND t.attempts = x.attempt)
+                   ORDER BY x.id
+                     FOR UPDATE SKIP LOCKED)
+              AND e.status = 'started' AND e.lease_expires_at < now()"""
     )
     return int(status.split()[-1])

@@ -46,7 +46,10 @@ EXECUTION_FIELDS = (
     "duration_ms",
 )
 
-TASK_COLUMNS = ", ".join(TASK_FIELDS) + ", failed_attempts, run_at, timeout_s, tags"
+TASK_EXTRA_FIELDS = ("failed_attempts", "run_at", "timeout_s", "tags", "schedule", "scheduled_for")
+"""Fields every task view adds after :data:`TASK_FIELDS` (``schedule``/``scheduled_for``:
+the schedule and tick a task was made for, both null for tasks a client submitted)."""
+TASK_COLUMNS = ", ".join(TASK_FIELDS + TASK_EXTRA_FIELDS)
 """SELECT list for a task row (public fields plus scheduling fields)."""
 
 
@@ -68,10 +71,10 @@ def task_json(row: Mapping[str, Any]) -> dict[str, Any]:
             value = rfc3339(value)
         out[key] = value
     # Extra scheduling fields, when the row has them (documented in the OpenAPI schema).
-    for key in ("failed_attempts", "run_at", "timeout_s", "tags"):
+    for key in TASK_EXTRA_FIELDS:
         if key in row:
             value = row[key]
-            out[key] = rfc3339(value) if key == "run_at" else value
+            out[key] = rfc3339(value) if key in ("run_at", "scheduled_for") else value
     return out
 
 

@@ -152,14 +152,17 @@ async def list_tasks(
     status: str | None = None,
     type: str | None = None,
     priority: str | None = None,
+    schedule: str | None = None,
     tags: Mapping[str, str] | None = None,
     limit: int = 50,
     cursor: str | None = None,
 ) -> Page:
     """Return tasks newest first (``created_at DESC, id DESC``), filtered by equality.
 
-    ``tags`` keeps tasks holding every given key with the given value (``tags @> $n``,
-    served by the ``tasks_tags`` GIN index); other tags of a task do not matter.
+    ``schedule`` keeps the tasks a schedule made (its ticks and run-now tasks; served
+    by ``tasks_schedule_created``). ``tags`` keeps tasks holding every given key with
+    the given value (``tags @> $n``, served by the ``tasks_tags`` GIN index); other tags
+    of a task do not matter.
 
     Keyset pagination: ``cursor`` (from a previous :class:`Page`) continues strictly
     after the last row returned, so rows inserted meanwhile never shift a page (new rows
@@ -173,7 +176,8 @@ async def list_tasks(
         raise ValueError(f"limit must be 1..{MAX_LIST_LIMIT}")
     where: list[str] = []
     args: list[Any] = []
-    for column, value in (("status", status), ("type", type), ("priority", priority)):
+    filters = (("status", status), ("type", type), ("priority", priority), ("schedule", schedule))
+    for column, value in filters:
         if value is not None:
             args.append(value)
             where.append(f"{column} = ${len(args)}")

@@ -26,7 +26,7 @@ _PROBLEM = "application/problem+json"
 _PROBLEM_TEXT = {
     400: "Malformed: invalid_json, invalid_id, invalid_cursor, bad_request",
     404: "not_found",
-    409: "Conflict: invalid_state or idempotency_key_reused",
+    409: "Conflict: invalid_state, idempotency_key_reused or schedule_exists",
     413: "payload_too_large",
     415: "unsupported_media_type (application/json, UTF-8, only)",
     422: "validation_error; `errors` names each field",
@@ -39,7 +39,8 @@ def _request_id() -> dict[str, Any]:
     return {"X-Request-Id": {"$ref": "#/components/headers/X-Request-Id"}}
 
 
-def _problems(*statuses: int) -> dict[str, Any]:
+def problems(*statuses: int) -> dict[str, Any]:
+    """Problem+json responses for ``statuses``, plus 500 and 503 (every route has them)."""
     out: dict[str, Any] = {}
     for status in (*statuses, 500, 503):
         headers = _request_id()
@@ -53,7 +54,8 @@ def _problems(*statuses: int) -> dict[str, Any]:
     return out
 
 
-def _ok(schema: str, description: str, status: int = 200, **headers: Any) -> dict[str, Any]:
+def ok(schema: str, description: str, status: int = 200, **headers: Any) -> dict[str, Any]:
+    """A JSON success response of component ``schema`` with X-Request-Id and ``headers``."""
     return {
         str(status): {
             "description": description,
@@ -97,13 +99,13 @@ def paths() -> dict[str, Any]:
                     "content": {_JSON: {"schema": ref("TaskSpec")}},
                 },
                 "responses": {
-                    **_ok(
+                    **ok(
                         "TaskEnvelope",
                         "Created",
                         201,
                         Location={"$ref": "#/components/headers/Location"},
                     ),
-                    **_ok(
+                    **ok(
                         "TaskEnvelope",
                         "Replayed: this Idempotency-Key created the task before",
                         200,
@@ -114,7 +116,7 @@ def paths() -> dict[str, Any]:
                             }
                         },
                     ),
-                    **_problems(400, 409, *_BODY_TOO_LARGE, 422),
+                    **problems(400, 409, *_BODY_TOO_LARGE, 422),
                 },
             },
             "get": {
@@ -128,6 +130,12 @@ def paths() -> dict[str, Any]:
                         "schema": {"type": "string", "pattern": TYPE_PATTERN.pattern},
                     },
                     {"name": "priority", "in": "query", "schema": {"enum": list(PRIORITIES)}},
+                    {
+                        "name": "schedule",
+                        "in": "query",
+                        "description": "Only the tasks this schedule made (ticks and runs).",
+                        "schema": {"type": "string", "pattern": TYPE_PATTERN.pattern},
+                    },
                     {
                         "name": "tag",
                         "in": "query",
@@ -163,8 +171,8 @@ def paths() -> dict[str, Any]:
                     },
                 ],
                 "responses": {
-                    **_ok("TaskPage", "One page; next_cursor is null on the last"),
-                    **_problems(400, 422),
+                    **ok("TaskPage", "One page; next_cursor is null on the last"),
+                    **problems(400, 422),
                 },
             },
         },
@@ -177,8 +185,8 @@ def paths() -> dict[str, Any]:
                     "content": {_JSON: {"schema": ref("BatchRequest")}},
                 },
                 "responses": {
-                    **_ok("BatchResult", "Created (or replayed), in request order", 201),
-                    **_problems(400, 409, *_BODY_TOO_LARGE, 422),
+                    **ok("BatchResult", "Created (or replayed), in request order", 201),
+                    **problems(400, 409, *_BODY_TOO_LARGE, 422),
                 },
             }
         },
@@ -198,7 +206,7 @@ def paths() -> dict[str, Any]:
                         "schema": {"type": "string", "pattern": WAIT_PATTERN},
                     },
                 ],
-                "responses": {**_ok("TaskEnvelope", "The task"), **_problems(400, 404, 422)},
+                "responses": {**ok("TaskEnvelope", "The task"), **problems(400, 404, 422)},
             }
         },
         f"{one}/events": {
@@ -215,7 +223,7 @@ def paths() -> dict[str, Any]:
                         "headers": _request_id(),
                         "content": {"text/event-stream": {"schema": ref("TaskEvent")}},
                     },
-                    **_problems(400, 404),
+                    **problems(400, 404),
                 },
             }
         },
@@ -224,7 +232,7 @@ def paths() -> dict[str, Any]:
                 "operationId": "listExecutions",
                 "summary": "The task's attempts, by attempt number",
                 "parameters": [_TASK_ID],
-                "responses": {**_ok("ExecutionList", "The attempts"), **_problems(400, 404)},
+                "responses": {**ok("ExecutionList", "The attempts"), **problems(400, 404)},
             }
         },
         f"{one}/cancel": {
@@ -236,8 +244,8 @@ def paths() -> dict[str, Any]:
                 "Terminal: 409 invalid_state.",
                 "parameters": [_TASK_ID],
                 "responses": {
-                    **_ok("TaskEnvelope", "The cancelled task"),
-                    **_problems(400, 404, 409),
+                    **ok("TaskEnvelope", "The cancelled task"),
+                    **problems(400, 404, 409),
                 },
             }
         },
@@ -247,8 +255,8 @@ def paths() -> dict[str, Any]:
                 "summary": "Queue a failed or cancelled task again with a fresh attempt budget",
                 "parameters": [_TASK_ID],
                 "responses": {
-                    **_ok("TaskEnvelope", "The queued task"),
-                    **_problems(400, 404, 409),
+                    **ok("TaskEnvelope", "The queued task"),
+                    **problems(400, 404, 409),
                 },
             }
         },
@@ -256,14 +264,14 @@ def paths() -> dict[str, Any]:
             "get": {
                 "operationId": "health",
                 "summary": "Dependency states (always 200)",
-                "responses": _ok("Health", "ok or degraded, with each check"),
+                "responses": ok("Health", "ok or degraded, with each check"),
             }
         },
         f"{API}/ready": {
             "get": {
                 "operationId": "ready",
                 "summary": "200 when Postgres answers, else 503",
-                "responses": {**_ok("Ready", "Ready"), **_problems()},
+                "responses": {**ok("Ready", "Ready"), **problems()},
             }
         },
         f"{API}/openapi.json": {

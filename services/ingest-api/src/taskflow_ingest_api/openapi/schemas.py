@@ -19,7 +19,12 @@ from taskflow_common.spec import (
     TAG_VALUE_CHARS,
     TYPE_PATTERN,
 )
-from taskflow_common.store.rows import EXECUTION_STATUSES, TASK_FIELDS, TASK_STATUSES
+from taskflow_common.store.rows import (
+    EXECUTION_STATUSES,
+    TASK_EXTRA_FIELDS,
+    TASK_FIELDS,
+    TASK_STATUSES,
+)
 from taskflow_common.store.submissions import MAX_BATCH
 from taskflow_common.subjects import PRIORITIES
 from taskflow_ingest_api.validation import RFC3339_PATTERN
@@ -33,6 +38,7 @@ PROBLEM_CODES = (
     "method_not_allowed",
     "idempotency_key_reused",
     "invalid_state",
+    "schedule_exists",
     "payload_too_large",
     "unsupported_media_type",
     "validation_error",
@@ -152,7 +158,7 @@ SCHEMAS: dict[str, Any] = {
     "Task": {
         "type": "object",
         # The public fields (store.rows) plus the scheduling fields the API adds.
-        "required": [*TASK_FIELDS, "failed_attempts", "run_at", "timeout_s", "tags"],
+        "required": [*TASK_FIELDS, *TASK_EXTRA_FIELDS],
         "properties": {
             "id": _UUID,
             "type": {"type": "string"},
@@ -176,6 +182,11 @@ SCHEMAS: dict[str, Any] = {
             "run_at": {**_DATE_TIME, "description": "When the task is (or was) due."},
             "timeout_s": {"type": ["number", "null"]},
             "tags": {"type": "object", "additionalProperties": {"type": "string"}},
+            "schedule": {
+                "type": ["string", "null"],
+                "description": "The schedule that made the task (null: submitted).",
+            },
+            "scheduled_for": {**nullable(_DATE_TIME), "description": "Its tick (UTC)."},
         },
     },
     "Execution": {
@@ -353,7 +364,7 @@ HEADERS: dict[str, Any] = {
         "schema": {"type": "string", "pattern": "^[A-Za-z0-9._-]{1,200}$"},
     },
     "Location": {
-        "description": "The task's URL.",
+        "description": "The URL of the task (or schedule) created.",
         "required": True,
         "schema": {"type": "string"},
     },
