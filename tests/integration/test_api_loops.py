@@ -10,41 +10,20 @@ later ones succeed), and the error is logged and counted in
 from __future__ import annotations
 
 import asyncio
-import contextlib
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import falcon.testing
 import pytest
 
 from taskflow_common import db as dbmod
-from taskflow_common.config import load
-from taskflow_common.devstack.servers import NatsServer
 from taskflow_common.store import submissions
-from taskflow_ingest_api.app import create_app
-from taskflow_ingest_api.settings import ApiSettings
+from tests.support.api import TASKS, conductor, settings_from
 from tests.support.waiting import wait_for
-
-TASKS = "/api/v1/tasks"
 
 
 class Injected(RuntimeError):
     """The error injected into one pass (not an outage)."""
-
-
-@pytest.fixture
-def settings(
-    database_url: str, nats_server: NatsServer, stack_names: dict[str, str]
-) -> ApiSettings:
-    return load(
-        ApiSettings, {"DATABASE_URL": database_url, "NATS_URL": nats_server.url, **stack_names}
-    )
-
-
-@contextlib.asynccontextmanager
-async def started(settings: ApiSettings) -> AsyncIterator[falcon.testing.ASGIConductor]:
-    async with falcon.testing.ASGIConductor(create_app(settings)) as client:
-        yield client
 
 
 async def loop_errors(api: falcon.testing.ASGIConductor, loop: str) -> float:
@@ -58,7 +37,7 @@ async def loop_errors(api: falcon.testing.ASGIConductor, loop: str) -> float:
 
 
 async def test_the_task_event_listener_survives_an_error_of_one_pass(
-    settings: ApiSettings, monkeypatch: pytest.MonkeyPatch
+    api_env: dict[str, str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     real_connect = dbmod.connect
     calls = 0
@@ -71,7 +50,7 @@ async def test_the_task_event_listener_survives_an_error_of_one_pass(
         return await real_connect(*args, **kwargs)
 
     monkeypatch.setattr(dbmod, "connect", connect_failing_once)
-    async with started(settings) as api:
+    async with conductor(settings_from(api_env)) as api:
 
         async def listening() -> bool:
             doc = (await api.simulate_get("/api/v1/health")).json
@@ -88,7 +67,7 @@ async def test_the_task_event_listener_survives_an_error_of_one_pass(
 
 
 async def test_the_group_flusher_survives_an_error_of_one_pass(
-    settings: ApiSettings, monkeypatch: pytest.MonkeyPatch
+    api_env: dict[str, str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     real_group = submissions.submit_group
     calls = 0
@@ -103,7 +82,7 @@ async def test_the_group_flusher_survives_an_error_of_one_pass(
         return rows[:-1] if calls == 1 else rows
 
     monkeypatch.setattr(submissions, "submit_group", group_losing_a_row_once)
-    async with started(settings) as api:
+    async with conductor(settings_from(api_env)) as api:
         try:
             async with asyncio.timeout(10):
                 first = await api.simulate_post(TASKS, json={"type": "demo"})

@@ -19,13 +19,8 @@ from taskflow_common.http import Problem
 from taskflow_common.store.cursor import CURSOR_PATTERN
 from taskflow_common.store.cursor import decode as decode_cursor
 from taskflow_ingest_api.openapi import document
-from taskflow_ingest_api.validation import (
-    MAX_WAIT_MS,
-    parse_batch,
-    parse_list_query,
-    parse_submit,
-    parse_wait,
-)
+from taskflow_ingest_api.validation import parse_batch, parse_list_query, parse_submit
+from taskflow_ingest_api.wait_param import MAX_WAIT_MS, parse_wait
 
 DOC = document()
 

@@ -1,4 +1,4 @@
-"""Request validation: submit and batch bodies, list and wait query parameters, headers.
+"""Request validation: submit and batch bodies, list query parameters, headers.
 
 Everything here is pure (no I/O) and raises :class:`~taskflow_common.http.Problem`:
 400 ``invalid_json`` for a body that is not JSON at all (or empty), 400 ``invalid_id`` /
@@ -50,25 +50,17 @@ from taskflow_common.store.tasks import MAX_LIST_LIMIT
 from taskflow_common.subjects import PRIORITIES
 
 STATUS_RULE = "must be one of: " + ", ".join(TASK_STATUSES)
-MAX_WAIT_MS = 60_000
-"""Longest ``?wait=`` on ``GET /api/v1/tasks/{id}``: 60 s."""
 RUN_AT_RULE = "must be an RFC 3339 date-time with an offset, e.g. 2026-11-29T15:03:28Z"
 TAGS_RULE = tags_rule("an object")
 TAG_QUERY_RULE = (
     f"must be key:value (key 1..{TAG_KEY_CHARS} characters, value at most "
     f"{TAG_VALUE_CHARS}, no \\u0000)"
 )
-WAIT_RULE = "must be a duration like 500ms or 30s, at most 60s"
-WAIT_PATTERN = r"^0*(?:(?:[0-9]{1,4}|[1-5][0-9]{4}|60000)ms|(?:[0-9]|[1-5][0-9]|60)s)$"
-"""``?wait=``: 0..60000 ms or 0..60 s (leading zeros allowed); the document says the same."""
 DEFAULT_LIST_LIMIT = 50
 LIST_PARAMS = ("status", "type", "priority", "schedule", "tag", "limit", "cursor")
-GET_PARAMS = ("wait",)
 
 RFC3339_PATTERN = r"^\d{4}-\d{2}-\d{2}[Tt]\d{2}:\d{2}:\d{2}(\.\d{1,9})?([Zz]|[+-]\d{2}:\d{2})$"
 _RFC3339 = re.compile(RFC3339_PATTERN)
-_WAIT = re.compile(WAIT_PATTERN)
-_WAIT_PARTS = re.compile(r"^([0-9]+)(ms|s)$")
 
 
 def _integral(value: Any) -> Any:
@@ -282,33 +274,6 @@ def _problem_from(
         if len(loc := e["loc"]) >= 2 and loc[0] == "tasks" and isinstance(loc[1], int)
     ]
     return validation_error(fields, {"index": min(indexes)} if indexes else None)
-
-
-def parse_wait(params: Mapping[str, Any]) -> float | None:
-    """Return ``?wait=`` of ``GET /api/v1/tasks/{id}`` in seconds (None when absent).
-
-    Accepts :data:`WAIT_PATTERN`: ``<n>ms`` or ``<n>s`` up to 60 s (``0s`` answers at
-    once). Anything else, and any other parameter, is 422 ``validation_error``.
-    """
-    errors = [
-        FieldError(name, f"unknown parameter (allowed: {', '.join(GET_PARAMS)})")
-        for name in params
-        if name not in GET_PARAMS
-    ]
-    value = params.get("wait")
-    seconds: float | None = None
-    if value is not None:
-        # The pattern bounds the value; leading zeros go before int() (which refuses
-        # more than 4,300 digits).
-        match = _WAIT_PARTS.match(value) if isinstance(value, str) and _WAIT.match(value) else None
-        if match:
-            number = int(match[1].lstrip("0") or "0")
-            seconds = number * (1 if match[2] == "ms" else 1000) / 1000
-        else:
-            errors.append(FieldError("wait", WAIT_RULE))
-    if errors:
-        raise validation_error(errors)
-    return seconds
 
 
 def check_content_type(value: str | None) -> None:

@@ -16,7 +16,8 @@ from taskflow_common.store.submissions import MAX_BATCH
 from taskflow_common.store.tasks import MAX_LIST_LIMIT
 from taskflow_common.subjects import PRIORITIES
 from taskflow_ingest_api.openapi.schemas import ref
-from taskflow_ingest_api.validation import DEFAULT_LIST_LIMIT, WAIT_PATTERN
+from taskflow_ingest_api.validation import DEFAULT_LIST_LIMIT
+from taskflow_ingest_api.wait_param import WAIT_PATTERN
 
 API = "/api/v1"
 
