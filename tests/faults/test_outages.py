@@ -240,18 +240,6 @@ async def test_postgres_outage_while_recording_uses_no_attempt(
 
 @pytest.mark.parametrize("fault", ["pause", "restart"])
 @POOL_REFILL
-@pytest.mark.service_exits(
-    "KNOWN BUG, not by design: after a Postgres restart the dispatcher's reaper can die "
-    "of asyncpg's InternalClientError ('another operation is in progress'), which is not "
-    "in taskflow_common.retry.OUTAGE (seen in 1 of 2 runs); this scenario's task is "
-    "already published, so nothing else notices. Remove once the reaper survives it.",
-    service="dispatcher",
-)
-@pytest.mark.service_errors(
-    r"Traceback \(most recent call last\):  => asyncpg\.exceptions\._base\.InternalClientError",
-    "the same known dispatcher bug (its crash traceback)",
-    service="dispatcher",
-)
 async def test_postgres_outage_longer_than_the_lease_does_not_abandon_a_live_attempt(
     make_stack: MakeStack, embedded_pg: PgHandle, fault: str
 ) -> None:
@@ -362,6 +350,7 @@ GIVE_UP_S = 4.0
 ack_wait); ``WORKER_RECORD_GIVE_UP`` set it until the fix removed it)."""
 
 
+@POOL_REFILL
 async def test_a_success_is_recorded_after_an_outage_longer_than_the_give_up_deadline(
     make_stack: MakeStack, pg_server: PgHandle, tmp_path: Path
 ) -> None:

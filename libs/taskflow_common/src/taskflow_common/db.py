@@ -4,11 +4,18 @@ Every service opens one pool with :func:`open_pool`. Acquiring waits at most
 ``DB_ACQUIRE_TIMEOUT`` and statements run at most ``DB_STATEMENT_TIMEOUT``, so a
 Postgres outage surfaces as :class:`~taskflow_common.errors.UnavailableError` within
 seconds instead of a hang.
+
+A connection the server closed (``pg_terminate_backend``, a failover, a pgbouncer
+restart) is an outage too, and is discarded so that the pool opens a fresh one. The
+server's ``FATAL`` reaches an idle pooled connection one event-loop turn before the
+socket's end: a query started in between fails with asyncpg's ``InternalClientError``
+("cannot switch to state 12; another operation (2) is in progress"), without being sent.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any, TypeVar
@@ -17,7 +24,7 @@ import asyncpg
 import orjson
 
 from taskflow_common.config import CommonSettings
-from taskflow_common.errors import UnavailableError
+from taskflow_common.errors import TaskFlowError, UnavailableError
 
 T = TypeVar("T")
 
@@ -39,7 +46,43 @@ TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
     # request's point of view, a dependency that is not available: 503, not 500.
     asyncpg.exceptions.InvalidCatalogNameError,
     asyncpg.exceptions.InvalidAuthorizationSpecificationError,
+    # The driver's protocol state is broken, in practice because the server closed the
+    # connection under it (see the module doc); the statement was not run.
+    asyncpg.exceptions.InternalClientError,
 )
+
+LOST_ERRORS: tuple[type[BaseException], ...] = (
+    OSError,
+    asyncpg.exceptions.InternalClientError,
+    asyncpg.exceptions.InterfaceError,
+    asyncpg.exceptions.PostgresConnectionError,
+    asyncpg.exceptions.AdminShutdownError,
+    asyncpg.exceptions.CrashShutdownError,
+)
+"""Errors after which a connection is unusable: it is terminated, never reused.
+
+A statement timeout or a cancelled query (also transient) leaves the connection usable.
+"""
+
+
+def connection_lost(conn: asyncpg.Connection, exc: BaseException) -> bool:
+    """True when ``exc`` raised while using ``conn`` means that ``conn`` is gone or broken."""
+    return isinstance(exc, LOST_ERRORS) or _closed(conn)
+
+
+def _closed(conn: asyncpg.Connection) -> bool:
+    try:
+        return bool(conn.is_closed())
+    except asyncpg.exceptions.InterfaceError:
+        # A pooled connection that closed under its user was detached from the proxy
+        # (asyncpg's pool frees the slot itself): every method call raises.
+        return True
+
+
+def _discard(conn: asyncpg.Connection) -> None:
+    """Terminate ``conn`` (a no-op when asyncpg's pool already detached it)."""
+    with contextlib.suppress(asyncpg.exceptions.InterfaceError):
+        conn.terminate()
 
 
 def _dumps(value: Any) -> str:
@@ -57,7 +100,8 @@ class Database:
 
     ``acquire()`` hands out a connection or raises :class:`UnavailableError` after
     ``acquire_timeout_s``; :meth:`run` runs one coroutine on a pooled connection and
-    translates transient driver errors the same way.
+    translates transient driver errors the same way. A connection found closed or broken
+    (:func:`connection_lost`) is terminated before it goes back, so the pool replaces it.
     """
 
     def __init__(self, pool: asyncpg.Pool, acquire_timeout_s: float) -> None:
@@ -73,7 +117,14 @@ class Database:
             raise UnavailableError(f"postgres unavailable: {exc.__class__.__name__}") from exc
         try:
             yield conn
-        except TRANSIENT_ERRORS as exc:
+        except Exception as exc:
+            lost = connection_lost(conn, exc)
+            if lost:
+                # Never hand a broken connection to the next request: the pool opens a
+                # new one on demand (release() of a closed connection just frees its slot).
+                _discard(conn)
+            if isinstance(exc, TaskFlowError) or not (lost or isinstance(exc, TRANSIENT_ERRORS)):
+                raise
             raise UnavailableError(f"postgres unavailable: {exc.__class__.__name__}") from exc
         finally:
             await self.pool.release(conn)

@@ -77,6 +77,8 @@ from taskflow_dlq_monitor.metrics import DlqMetrics
 log = logs.get_logger(__name__)
 
 MAX_FILTER_CHARS = 200
+MAX_BODY_BYTES = 64 * 1024
+"""Largest request body (bytes; a declared larger one is 413): bodies here are filters."""
 """Longest accepted ``type`` or ``q`` filter (characters)."""
 STALE_PULL_S = 10.0
 """The consumer counts as unhealthy when its last successful pull is older (seconds)."""
@@ -360,7 +362,8 @@ def create_app(deps: Deps, tracer: trace.Tracer | None = None) -> ASGIApp:
     """Build the ASGI app around ``deps``; it opens and closes nothing itself.
 
     The Falcon app is wrapped in :class:`~taskflow_common.http.RequestContext`
-    (request ids, a server span per request, request id in log lines).
+    (request ids, a server span per request, request id in log lines, 413 for a body
+    declared larger than :data:`MAX_BODY_BYTES`).
     """
     middleware: list[object] = [RouteName(), RequestMetrics(deps.metrics)]
     app = falcon.asgi.App(middleware=middleware)  # type: ignore[arg-type]  # as the ingest API
@@ -379,4 +382,6 @@ def create_app(deps: Deps, tracer: trace.Tracer | None = None) -> ASGIApp:
 
     app.add_route("/metrics", MetricsResource(deps.metrics.registry, refresh_open))
     console.add_routes(app)
-    return RequestContext(app, tracer or trace.get_tracer("taskflow_dlq_monitor"))
+    return RequestContext(
+        app, tracer or trace.get_tracer("taskflow_dlq_monitor"), max_body_bytes=MAX_BODY_BYTES
+    )

@@ -72,7 +72,7 @@ class Lifespan:
             )
             self._stack.callback(setattr, deps, "bus", None)
         if deps.events is None:
-            events = deps.events = TaskEvents(settings)
+            events = deps.events = TaskEvents(settings, errors=deps.metrics.loop_errors)
             stop = asyncio.Event()
             listener = asyncio.create_task(events.run(stop), name="task-events")
 

@@ -25,7 +25,7 @@ from taskflow_common.store import tasks as store
 from taskflow_common.store.rows import TERMINAL_STATUSES, execution_json, task_json
 from taskflow_ingest_api.deps import Deps
 from taskflow_ingest_api.settings import ApiSettings
-from taskflow_ingest_api.validation import parse_wait
+from taskflow_ingest_api.wait_param import parse_wait
 from taskflow_ingest_api.waiters import Waiter
 
 log = get_logger(__name__)

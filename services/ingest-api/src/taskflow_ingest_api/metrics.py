@@ -2,13 +2,15 @@
 
 Series: ``taskflow_http_requests_total`` and ``taskflow_http_request_duration_seconds``
 (:class:`~taskflow_common.metrics.HttpMetrics`), ``taskflow_tasks_submitted_total{type,
-priority}``; served at ``GET /metrics`` on the API's port.
+priority}`` and ``taskflow_loop_errors_total{loop, error}``; served at ``GET /metrics`` on
+the API's port.
 """
 
 from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter
 
+from taskflow_common.loops import LoopErrors
 from taskflow_common.metrics import HttpMetrics, LabelCap, priority_label
 
 
@@ -25,6 +27,9 @@ class ApiMetrics(HttpMetrics):
             registry=registry,
         )
         self._submitted: dict[tuple[str, str], Counter] = {}
+        self.loop_errors = LoopErrors(registry)
+        """``taskflow_loop_errors_total{loop, error}``: the task-event listener
+        (``task_events``) and the group-commit flusher (``group_submit``)."""
 
     def task_submitted(self, task_type: str, priority: str) -> None:
         """Count one newly created task (label children cached per type and priority)."""

@@ -69,7 +69,11 @@ class TasksResource:
     def __init__(self, settings: ApiSettings, deps: Deps) -> None:
         self._settings = settings
         self._deps = deps
-        self._group = GroupSubmitter(deps.database, max_bytes=settings.max_batch_body_bytes)
+        self._group = GroupSubmitter(
+            deps.database,
+            max_bytes=settings.max_batch_body_bytes,
+            errors=deps.metrics.loop_errors,
+        )
         self._span_attributes = {"db.system.name": "postgresql", "db.operation.name": "INSERT"}
 
     async def on_post(self, req: falcon.asgi.Request, resp: falcon.asgi.Response) -> None:

@@ -16,6 +16,11 @@ verdict. An outage (:class:`~taskflow_common.errors.UnavailableError`: no connec
 within ``DB_ACQUIRE_TIMEOUT``, or the statement timed out) fails the whole group at once
 (each request answers 503 ``unavailable``) instead of being retried row by row.
 
+The flusher sends one group per pass of :func:`~taskflow_common.loops.run_loop` (loop
+``group_submit``): a pass that raises anything else (a bug in the bookkeeping) fails only
+that group's requests, is logged with its class and counted, and the next group goes out
+after the loop's backoff.
+
 Requests with an ``Idempotency-Key`` do not come here: their conflict handling
 (:func:`~taskflow_common.store.submissions.submit`) needs a statement of their own.
 """
@@ -34,6 +39,7 @@ from taskflow_common.db import TRANSIENT_ERRORS as PG_ERRORS
 from taskflow_common.db import Database
 from taskflow_common.errors import UnavailableError
 from taskflow_common.logs import get_logger
+from taskflow_common.loops import LoopErrors, run_loop
 from taskflow_common.spec import TaskSpec
 from taskflow_common.store import submissions
 
@@ -54,7 +60,8 @@ class GroupSubmitter:
     ``database`` returns the open pool (it raises :class:`UnavailableError` before
     start-up); ``max_bytes`` bounds the request bodies that go into one statement
     (bytes; the batch endpoint's ``MAX_BATCH_BODY_BYTES`` is a natural choice), and
-    ``max_rows`` the rows (1..``MAX_BATCH``). One event loop only.
+    ``max_rows`` the rows (1..``MAX_BATCH``); ``errors`` counts failed flusher passes.
+    One event loop only.
     """
 
     def __init__(
@@ -63,12 +70,14 @@ class GroupSubmitter:
         *,
         max_bytes: int,
         max_rows: int = submissions.MAX_BATCH,
+        errors: LoopErrors | None = None,
     ) -> None:
         if not 1 <= max_rows <= submissions.MAX_BATCH:
             raise ValueError(f"max_rows must be 1..{submissions.MAX_BATCH}")
         self._database = database
         self._max_bytes = max_bytes
         self._max_rows = max_rows
+        self._errors = errors
         self._queue: deque[_Item] = deque()
         self._flusher: asyncio.Task[None] | None = None
         self.groups = 0
@@ -101,11 +110,24 @@ class GroupSubmitter:
 
     async def _flush(self) -> None:
         """Send queued items group by group until the queue is empty."""
-        try:
-            while self._queue:
-                group = self._take()
+        empty = asyncio.Event()
+
+        async def one_group() -> None:
+            if not self._queue:
+                empty.set()
+                return
+            group = self._take()
+            try:
                 if group:
                     await self._write(group)
+            except Exception as exc:
+                # Whatever went wrong, nobody of this group waits for ever.
+                for item in group:
+                    _fail(item.done, exc)
+                raise
+
+        try:
+            await run_loop("group_submit", one_group, empty, errors=self._errors)
         finally:
             if self._flusher is asyncio.current_task():
                 self._flusher = None

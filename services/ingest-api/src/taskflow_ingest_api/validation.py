@@ -1,4 +1,4 @@
-"""Request validation: submit and batch bodies, list and wait query parameters, headers.
+"""Request validation: submit and batch bodies, list query parameters, headers.
 
 Everything here is pure (no I/O) and raises :class:`~taskflow_common.http.Problem`:
 400 ``invalid_json`` for a body that is not JSON at all (or empty), 400 ``invalid_id`` /
@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, JsonValue, ValidationError
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, JsonValue, ValidationError
 from pydantic_core import ErrorDetails
 
 from taskflow_common.errors import InvalidCursor
@@ -50,23 +50,32 @@ from taskflow_common.store.tasks import MAX_LIST_LIMIT
 from taskflow_common.subjects import PRIORITIES
 
 STATUS_RULE = "must be one of: " + ", ".join(TASK_STATUSES)
-MAX_WAIT_MS = 60_000
-"""Longest ``?wait=`` on ``GET /api/v1/tasks/{id}``: 60 s."""
 RUN_AT_RULE = "must be an RFC 3339 date-time with an offset, e.g. 2026-11-29T15:03:28Z"
 TAGS_RULE = tags_rule("an object")
 TAG_QUERY_RULE = (
     f"must be key:value (key 1..{TAG_KEY_CHARS} characters, value at most "
     f"{TAG_VALUE_CHARS}, no \\u0000)"
 )
-WAIT_RULE = "must be a duration like 500ms or 30s, at most 60s"
 DEFAULT_LIST_LIMIT = 50
 LIST_PARAMS = ("status", "type", "priority", "schedule", "tag", "limit", "cursor")
-GET_PARAMS = ("wait",)
 
 RFC3339_PATTERN = r"^\d{4}-\d{2}-\d{2}[Tt]\d{2}:\d{2}:\d{2}(\.\d{1,9})?([Zz]|[+-]\d{2}:\d{2})$"
 _RFC3339 = re.compile(RFC3339_PATTERN)
-_WAIT = re.compile(r"^(\d{1,6})(ms|s)$")
 
+
+def _integral(value: Any) -> Any:
+    """Read a JSON number with no fraction (``26.0``, ``1e2``) as the integer it is.
+
+    JSON Schema's ``integer`` (which the OpenAPI document uses) admits such numbers;
+    any other value is left for the strict ``int`` check to accept or refuse.
+    """
+    if type(value) is float and value.is_integer():
+        return int(value)
+    return value
+
+
+JsonInt = Annotated[int, BeforeValidator(_integral)]
+"""An integer field as JSON Schema defines one: ``3`` and ``3.0``, never ``3.5`` or ``"3"``."""
 TagKey = Annotated[str, Field(pattern=TAG_KEY_PATTERN)]
 TagValue = Annotated[str, Field(pattern=TAG_VALUE_PATTERN)]
 
@@ -78,7 +87,8 @@ class SubmitBody(BaseModel):
     (default "normal"), "max_attempts": 1..100 (default WORKER_MAX_ATTEMPTS),
     "run_at": RFC 3339 (past = now) | "delay_ms": 0..31,536,000,000 (not both),
     "timeout_s": (0, 86400] seconds (default WORKER_TASK_TIMEOUT), "tags": {str: str}}``.
-    ``null`` counts as absent for the optional fields.
+    ``null`` counts as absent for the optional fields; integers may be written with a
+    zero fraction (``3.0``), as JSON Schema's ``integer`` allows.
     """
 
     model_config = ConfigDict(strict=True, extra="forbid", frozen=True)
@@ -86,9 +96,9 @@ class SubmitBody(BaseModel):
     type: str = Field(pattern=TYPE_PATTERN.pattern)
     payload: JsonValue = Field(default_factory=dict)
     priority: Literal["high", "normal", "low"] = "normal"
-    max_attempts: int | None = Field(None, ge=MIN_ATTEMPTS, le=MAX_ATTEMPTS)
+    max_attempts: JsonInt | None = Field(None, ge=MIN_ATTEMPTS, le=MAX_ATTEMPTS)
     run_at: str | None = Field(None, pattern=_RFC3339.pattern)
-    delay_ms: int | None = Field(None, ge=0, le=MAX_DELAY_MS)
+    delay_ms: JsonInt | None = Field(None, ge=0, le=MAX_DELAY_MS)
     timeout_s: float | None = Field(None, gt=0, le=MAX_TIMEOUT_S, allow_inf_nan=False)
     tags: dict[TagKey, TagValue] | None = Field(None, max_length=MAX_TAGS)
 
@@ -264,31 +274,6 @@ def _problem_from(
         if len(loc := e["loc"]) >= 2 and loc[0] == "tasks" and isinstance(loc[1], int)
     ]
     return validation_error(fields, {"index": min(indexes)} if indexes else None)
-
-
-def parse_wait(params: Mapping[str, Any]) -> float | None:
-    """Return ``?wait=`` of ``GET /api/v1/tasks/{id}`` in seconds (None when absent).
-
-    Accepts ``<n>ms`` or ``<n>s`` up to 60 s (``0s`` answers at once). Anything else,
-    and any other parameter, is 422 ``validation_error``.
-    """
-    errors = [
-        FieldError(name, f"unknown parameter (allowed: {', '.join(GET_PARAMS)})")
-        for name in params
-        if name not in GET_PARAMS
-    ]
-    value = params.get("wait")
-    seconds: float | None = None
-    if value is not None:
-        match = _WAIT.match(value) if isinstance(value, str) else None
-        millis = (int(match[1]) * (1 if match[2] == "ms" else 1000)) if match else -1
-        if 0 <= millis <= MAX_WAIT_MS:
-            seconds = millis / 1000
-        else:
-            errors.append(FieldError("wait", WAIT_RULE))
-    if errors:
-        raise validation_error(errors)
-    return seconds
 
 
 def check_content_type(value: str | None) -> None:

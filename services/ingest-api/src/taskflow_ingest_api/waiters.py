@@ -26,6 +26,7 @@ from typing import Self
 from taskflow_common.config import CommonSettings
 from taskflow_common.listener import Listener
 from taskflow_common.logs import get_logger
+from taskflow_common.loops import LoopErrors, run_loop
 from taskflow_common.retry import Backoff
 from taskflow_common.store.events import CHANNEL, TaskEvent
 
@@ -99,7 +100,8 @@ class TaskEvents:
     for good (shutdown: long polls answer with the current state, streams end).
     """
 
-    def __init__(self, settings: CommonSettings) -> None:
+    def __init__(self, settings: CommonSettings, errors: LoopErrors | None = None) -> None:
+        self._errors = errors
         self._waiters: dict[uuid.UUID, set[Waiter]] = {}
         # Anything may have changed while nobody listened: on every (re)connect, every
         # waiter re-reads.
@@ -168,6 +170,12 @@ class TaskEvents:
 
         Never raises for a Postgres outage: it logs ``task_events_unavailable`` and
         retries with backoff (0.1 s doubling to :data:`RECONNECT_MAX_S`); see
-        :class:`taskflow_common.listener.Listener`.
+        :class:`taskflow_common.listener.Listener`. Any other error of a pass is survived
+        too (:func:`~taskflow_common.loops.run_loop`, loop ``task_events``: logged with
+        its class, counted in ``errors``, backed off); only cancellation ends it early.
         """
-        await self._listener.run(stop)
+
+        async def listen() -> None:
+            await self._listener.run(stop)
+
+        await run_loop("task_events", listen, stop, errors=self._errors)

@@ -5,10 +5,19 @@
 bound into every log line; one OpenTelemetry SERVER span per request continuing the
 client's ``traceparent`` (renamed after the route by :class:`RouteName`, Falcon
 middleware); and, when given a limit, a 413 for a declared ``Content-Length`` above it.
+
+Every 413 (this one, or the app's once :func:`~taskflow_common.http.problems.read_body`
+crossed its limit) is sent at once, and the request's unread body is then read and
+dropped (up to :data:`DRAIN_MAX_BYTES`, :data:`DRAIN_IDLE_S`, :data:`DRAIN_MAX_S`) before
+the response ends and the connection closes. Closing a socket that still holds unread
+request bytes resets the connection: a client that writes its whole body before reading
+(Python's ``urllib``) would see ``ECONNRESET`` instead of the 413; one that reads while
+it writes (curl) reads the 413 at once either way.
 """
 
 from __future__ import annotations
 
+import asyncio
 import re
 import uuid
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -22,6 +31,13 @@ from opentelemetry.trace import SpanKind, StatusCode
 
 from taskflow_common import logs, tracing
 from taskflow_common.http.problems import PROBLEM_JSON, Problem, to_dict, too_large
+
+DRAIN_MAX_BYTES = 16 * 1024 * 1024
+"""Most bytes of an oversized body read and dropped after its 413 (past that, reset)."""
+DRAIN_IDLE_S = 1.0
+"""Stop dropping an oversized body once the client has sent nothing for this long (s)."""
+DRAIN_MAX_S = 10.0
+"""Stop dropping an oversized body after this long in all (seconds)."""
 
 REQUEST_ID_HEADER = "X-Request-Id"
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,200}$")
@@ -86,12 +102,19 @@ class RequestContext:
         log_token = logs.bind(request_id=request_id)
         status = 500
         echo = (b"x-request-id", request_id.encode())
+        body = _Body(receive)
 
         async def send_with_id(message: Message) -> None:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
                 message["headers"] = [*message.get("headers", ()), echo]
+            elif status == 413 and not message.get("more_body", False) and not body.ended:
+                # The answer goes out now (the client may be reading while it sends);
+                # the response ends, and uvicorn closes, once the body was dropped.
+                await send({**message, "more_body": True})
+                await body.discard(DRAIN_MAX_BYTES)
+                message = {"type": "http.response.body", "body": b""}
             await send(message)
 
         try:
@@ -100,7 +123,7 @@ class RequestContext:
             if limit is not None and length.isdigit() and int(length) > limit:
                 await _send_problem(send_with_id, too_large(limit))
             else:
-                await self.app(scope, receive, send_with_id)
+                await self.app(scope, body.receive, send_with_id)
         finally:
             span.set_attribute("http.response.status_code", status)
             if status >= 500:
@@ -118,6 +141,42 @@ _WANTED = {
     b"tracestate": "tracestate",
     b"content-length": "content-length",
 }
+
+
+class _Body:
+    """The request's ``receive``, noting whether the body has ended, and its drain."""
+
+    __slots__ = ("_receive", "ended")
+
+    def __init__(self, receive: Receive) -> None:
+        self._receive = receive
+        self.ended = False
+        """True once the last body message (or a disconnect) was received."""
+
+    async def receive(self) -> Mapping[str, Any]:
+        """The ASGI ``receive`` handed to the app."""
+        message = await self._receive()
+        if message["type"] != "http.request" or not message.get("more_body", False):
+            self.ended = True
+        return message
+
+    async def discard(self, budget: int) -> int:
+        """Read and drop the rest of the body; return the bytes dropped.
+
+        Stops at its end (or a disconnect), after ``budget`` bytes, when nothing came
+        for :data:`DRAIN_IDLE_S`, or after :data:`DRAIN_MAX_S` in all.
+        """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + DRAIN_MAX_S
+        dropped = 0
+        while not self.ended and dropped < budget:
+            try:
+                async with asyncio.timeout(min(DRAIN_IDLE_S, deadline - loop.time())):
+                    message = await self.receive()
+            except TimeoutError:
+                break
+            dropped += len(message.get("body", b""))
+        return dropped
 
 
 def _plain(pair: Any) -> bool:

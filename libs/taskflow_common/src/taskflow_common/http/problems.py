@@ -202,8 +202,10 @@ def install(app: falcon.asgi.App[Any, Any]) -> None:
 def too_large(limit: int) -> Problem:
     """Return the 413 ``payload_too_large`` problem for a ``limit``-byte cap.
 
-    ``Connection: close`` tells the client (and uvicorn) that the rest of the body will
-    not be read on this connection.
+    ``Connection: close`` tells the client (and uvicorn) that the connection ends with
+    this answer. :class:`~taskflow_common.http.context.RequestContext` sends it while
+    the rest of the body is still arriving, then drops that rest (bounded) before the
+    connection closes, so that every client reads the 413.
     """
     return Problem(
         413,

@@ -10,12 +10,14 @@ from __future__ import annotations
 from typing import Any
 
 from taskflow_common.spec import TAG_KEY_CHARS, TAG_VALUE_CHARS, TYPE_PATTERN
+from taskflow_common.store.cursor import CURSOR_PATTERN
 from taskflow_common.store.rows import TASK_STATUSES
 from taskflow_common.store.submissions import MAX_BATCH
 from taskflow_common.store.tasks import MAX_LIST_LIMIT
 from taskflow_common.subjects import PRIORITIES
 from taskflow_ingest_api.openapi.schemas import ref
 from taskflow_ingest_api.validation import DEFAULT_LIST_LIMIT
+from taskflow_ingest_api.wait_param import WAIT_PATTERN
 
 API = "/api/v1"
 
@@ -164,9 +166,9 @@ def paths() -> dict[str, Any]:
                     {
                         "name": "cursor",
                         "in": "query",
-                        "description": "next_cursor of the previous page (opaque; any other "
-                        "value is 400 invalid_cursor).",
-                        "schema": {"type": "string", "pattern": "^[A-Za-z0-9_-]{1,64}$"},
+                        "description": "next_cursor of the previous page (opaque; a value "
+                        "of another shape is 400 invalid_cursor).",
+                        "schema": {"type": "string", "pattern": CURSOR_PATTERN},
                     },
                 ],
                 "responses": {
@@ -202,7 +204,7 @@ def paths() -> dict[str, Any]:
                         "task is completed, failed or cancelled, or when the wait ends with "
                         "the state at that moment. A deployment may cut long waits shorter "
                         "(LONG_POLL_MAX_S); ask again while the task is not finished.",
-                        "schema": {"type": "string", "pattern": "^[0-9]{1,6}(ms|s)$"},
+                        "schema": {"type": "string", "pattern": WAIT_PATTERN},
                     },
                 ],
                 "responses": {**ok("TaskEnvelope", "The task"), **problems(400, 404, 422)},

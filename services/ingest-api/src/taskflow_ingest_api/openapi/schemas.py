@@ -10,6 +10,8 @@ import copy
 from typing import Any
 
 from taskflow_common.spec import (
+    INT64_MAX,
+    INT64_MIN,
     MAX_DELAY_MS,
     MAX_TAGS,
     MAX_TIMEOUT_S,
@@ -61,11 +63,30 @@ def nullable(schema: dict[str, Any]) -> dict[str, Any]:
 _DATE_TIME = {"type": "string", "format": "date-time"}
 _UUID = {"type": "string", "format": "uuid"}
 
+_NO_NUL = {"pattern": "^[^\u0000]*$"}
+
 SCHEMAS: dict[str, Any] = {
+    "JsonbValue": {
+        "description": "A JSON value Postgres jsonb can hold: no \\u0000 in any string or "
+        "object key, integers within int64, finite numbers, nested at most MAX_JSON_DEPTH "
+        "(default 64) levels.",
+        "anyOf": [
+            {"type": "string", **_NO_NUL},
+            {"type": "integer", "minimum": INT64_MIN, "maximum": INT64_MAX},
+            {"type": "number", "not": {"type": "integer"}},
+            {"type": ["boolean", "null"]},
+            {"type": "array", "items": {"$ref": "#/components/schemas/JsonbValue"}},
+            {
+                "type": "object",
+                "propertyNames": _NO_NUL,
+                "additionalProperties": {"$ref": "#/components/schemas/JsonbValue"},
+            },
+        ],
+    },
     "TaskSpec": {
         "type": "object",
         "description": "What to run. `null` counts as absent for the optional fields; "
-        "integers are written without a fraction (3, not 3.0).",
+        "an integer may carry a zero fraction (3.0 is 3), as JSON Schema's integer allows.",
         "required": ["type"],
         "additionalProperties": False,
         # run_at and delay_ms exclude each other (unless one of them is null).
@@ -79,7 +100,10 @@ SCHEMAS: dict[str, Any] = {
                 "pattern": TYPE_PATTERN.pattern,
                 "description": "Handler name, 1..128 characters of A-Z a-z 0-9 _ . : -",
             },
-            "payload": {"description": "Any JSON value (default {}); jsonb-storable."},
+            "payload": {
+                **ref("JsonbValue"),
+                "description": "Any JSON value jsonb can hold (default {}).",
+            },
             "priority": {"enum": list(PRIORITIES), "default": "normal"},
             "max_attempts": {
                 "type": ["integer", "null"],
