@@ -47,7 +47,7 @@ def assert_every_second(got: list[dt.datetime]) -> None:
 
 @pytest.mark.slow
 async def test_two_dispatchers_make_exactly_one_task_per_tick(
-    services: ServiceFactory, service_env: dict[str, str], database_url: str
+    database_url: str, service_env: dict[str, str], services: ServiceFactory
 ) -> None:
     env = dispatcher_env(service_env)
     await asyncio.gather(services.start("dispatcher", env), services.start("dispatcher", env))
@@ -74,7 +74,7 @@ async def test_two_dispatchers_make_exactly_one_task_per_tick(
 
 
 async def test_a_killed_dispatcher_loses_no_tick_under_catch_up(
-    services: ServiceFactory, service_env: dict[str, str], database_url: str
+    database_url: str, service_env: dict[str, str], services: ServiceFactory
 ) -> None:
     env = dispatcher_env(service_env)
     first = await services.start("dispatcher", env)
@@ -102,7 +102,7 @@ async def test_a_killed_dispatcher_loses_no_tick_under_catch_up(
 
 
 async def test_a_running_dispatcher_prunes_old_rows(
-    services: ServiceFactory, service_env: dict[str, str], database_url: str
+    database_url: str, service_env: dict[str, str], services: ServiceFactory
 ) -> None:
     conn = await connect(database_url)
     try:
