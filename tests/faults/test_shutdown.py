@@ -11,6 +11,7 @@ import asyncio
 import datetime as dt
 import itertools
 import time
+from pathlib import Path
 
 import asyncpg
 import pytest
@@ -20,6 +21,7 @@ from tests.support.faults import consumer_info, db_now, executions, statuses, st
 from tests.support.invariants import VersionWatcher, check_invariants
 from tests.support.stack import Stack
 from tests.support.timing import floor_plus, slack
+from tests.support.traces import overlapping, runs
 from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.faults
@@ -223,3 +225,39 @@ async def test_sigterm_with_a_handler_that_ignores_cancellation_still_exits(
     execs = await executions(stack, task["id"])
     assert statuses(execs) == ["interrupted"]
     assert any(e.get("task_id") == task["id"] for e in worker.events("handler_stuck"))
+
+
+STUBBORN_S = 5.0
+"""How long the stubborn handler runs past its 1 s timeout (longer than timeout + unwind)."""
+
+
+@pytest.mark.service_errors(
+    r'"event":"(handler_stuck|exiting_with_stuck_handlers)"',
+    "the handler swallows its cancellation",
+    service="worker",
+)
+async def test_a_stuck_handler_is_not_retried_while_it_still_runs(
+    make_stack: MakeStack, tmp_path: Path
+) -> None:
+    """Issue 11 review, item 1: a timed-out handler ignores its cancellation for 5 s.
+
+    With two workers, no second run of the task may start while the first still runs:
+    the stuck attempt keeps its lease until its coroutine ends, then its real outcome
+    (here: it returned) is recorded.
+    """
+    trace = tmp_path / "trace.jsonl"
+    stack = await make_stack(workers=2)
+    task = await stack.submit(
+        "test.stubborn",
+        {"sleep_s": STUBBORN_S, "trace": str(trace)},
+        timeout_s=1,
+        max_attempts=2,
+    )
+    done = await stack.wait_status(task["id"], timeout=STUBBORN_S * 2 + 15)
+    found = runs(trace, task["id"])
+    assert overlapping(found, time.time()) == [], found
+    assert done["status"] == "completed", done
+    assert statuses(await executions(stack, task["id"])) == ["succeeded"]
+    assert any(
+        e.get("task_id") == task["id"] for w in stack.workers for e in w.events("handler_stuck")
+    )
