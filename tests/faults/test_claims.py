@@ -20,7 +20,7 @@ import asyncpg
 import nats
 import pytest
 
-from tests.faults.conftest import ACK_WAIT_S, MakeStack
+from tests.faults.conftest import ACK_WAIT_S, CUT_POSTGRES, MakeStack
 from tests.support.faults import executions, statuses
 from tests.support.invariants import VersionWatcher, check_invariants
 from tests.support.stack import Stack
@@ -60,6 +60,7 @@ async def held_claims(stack: Stack) -> AsyncIterator[asyncpg.Connection]:
         await holder.close()
 
 
+@CUT_POSTGRES
 async def test_an_owned_elsewhere_delivery_outlives_the_phantom_claim(
     make_stack: MakeStack,
 ) -> None:

@@ -14,7 +14,13 @@ from pathlib import Path
 
 import pytest
 
-from tests.faults.conftest import ACK_WAIT_S, BACKOFF_BASE_S, MakeStack, worker_of
+from tests.faults.conftest import (
+    ACK_WAIT_S,
+    BACKOFF_BASE_S,
+    CUT_POSTGRES,
+    MakeStack,
+    worker_of,
+)
 from tests.support.faults import consumer_info, db_now, executions, statuses, stream_info
 from tests.support.invariants import VersionWatcher, check_invariants
 from tests.support.procs import ServiceFactory
@@ -148,6 +154,7 @@ async def test_handlers_blocking_for_exactly_ack_wait_never_overlap(
     assert report.duplicates == 0
 
 
+@CUT_POSTGRES
 async def test_a_worker_that_cannot_renew_its_lease_stops_its_handler(
     make_stack: MakeStack, tmp_path: Path
 ) -> None:
@@ -192,10 +199,7 @@ async def test_a_worker_that_cannot_renew_its_lease_stops_its_handler(
         assert cut_off.events("lease_not_renewed")
 
 
-@pytest.mark.service_errors(
-    r'"event":"Failed to restore the pool connection floor; retrying","logger":"asyncpg\.pool"',
-    "the test cuts Postgres: an asyncpg pool logs each failed refill with its traceback",
-)
+@CUT_POSTGRES
 async def test_an_outage_longer_than_the_lease_does_not_use_up_an_attempt(
     make_stack: MakeStack, services: ServiceFactory
 ) -> None:

@@ -4,8 +4,16 @@ A fetch's distinct task ids go into one batch claim (one round trip that also op
 execution rows and their leases). A delivery that did not claim is settled without
 running anything, after asking Postgres why (:func:`~taskflow_common.store.claims.diagnose`):
 terminal task or stale copy -> ack; attempt owned by a live worker -> nak until its lease
-has run out (see below); owner's lease expired -> the attempt is abandoned (counted) and
-the retry scheduled -> ack; unknown task -> dead-lettered.
+has run out (see below); owner's lease expired for more than one further lease -> the
+attempt is abandoned (counted) and the retry scheduled -> ack; unknown task ->
+dead-lettered.
+
+A lease expired for less than that is not taken over: after a Postgres outage or a
+network blip longer than the lease, every live owner's lease looks expired until it
+renews, and a worker cannot tell that from a dead owner. The delivery is nak'd until
+the lease has been expired for one more lease (:data:`LEASE_SLACK_S` more); meanwhile
+the owner renews (it runs on), or the dispatcher's reaper, which knows whether
+Postgres was away (its ``LeaseTrust``), abandons the attempt.
 
 An attempt "owned elsewhere" may be a phantom: a claim that committed while its worker
 saw an error, which that worker nak'd and nobody runs. Acking would drop the only copy
@@ -226,11 +234,20 @@ class Claims:
                 if claim.verdict == "unknown_task":
                     await self.dead_letters.malformed(msg, f"unknown task id {message.task_id}")
                     return "settled"
-                if claim.verdict == "lease_expired":
+                # Expired for less than one more lease: maybe only an outage kept its
+                # owner from renewing; leave that to the owner or the reaper (below).
+                wait_s = claim.lease_left_s + (
+                    self.lease_s if claim.verdict == "lease_expired" else 0.0
+                )
+                if claim.verdict == "lease_expired" and wait_s <= 0:
                     await self._take_over(conn, message.task_id, claim)
+                    log.debug("delivery_skipped", verdict=claim.verdict, dispatch=message.dispatch)
+                    return "ack"
                 log.debug("delivery_skipped", verdict=claim.verdict, dispatch=message.dispatch)
-                if claim.verdict == "owned_elsewhere" and self._may_redeliver(msg):
-                    await settle(msg.nak(delay=max(0.0, claim.lease_left_s) + LEASE_SLACK_S))
+                if claim.verdict in ("owned_elsewhere", "lease_expired") and self._may_redeliver(
+                    msg
+                ):
+                    await settle(msg.nak(delay=max(0.0, wait_s) + LEASE_SLACK_S))
                     return "settled"
                 return "ack"
         return await self.runner.run(claim, msg, sent)

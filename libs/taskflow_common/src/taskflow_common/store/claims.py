@@ -96,8 +96,10 @@ class Refusal:
     """Why a delivery did not claim its task.
 
     ``unknown_task``: no such row (dead-letter the message); ``already_done``: terminal;
-    ``owned_elsewhere``: a live worker runs it; ``lease_expired``: the owner is gone,
-    take the attempt over with :func:`taskflow_common.store.attempts.abandon`;
+    ``owned_elsewhere``: a live worker runs it; ``lease_expired``: the owner did not
+    renew in time (gone, or cut off by an outage: the worker takes the attempt over with
+    :func:`taskflow_common.store.attempts.abandon` only once ``lease_left_s`` is below
+    minus one lease);
     ``stale``: an older or not-yet-due copy.
     ``worker_id`` names the owner of the open attempt (for the last two verdicts);
     ``lease_left_s`` is how long its lease still runs (seconds, database clock; <= 0
