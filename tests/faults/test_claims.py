@@ -120,8 +120,13 @@ async def test_an_owned_elsewhere_delivery_outlives_the_phantom_claim(
             proxy.restore()
             done = await stack.wait_status(task["id"], timeout=ACK_WAIT_S * 4 + 10)
             assert done["status"] == "completed", done
-            assert statuses(await executions(stack, task["id"])) == ["succeeded"]
-            assert owner.events("claim_adopted")
+            # Adopted when the message comes back first, else given back (not counted) by
+            # worker-a's next lease beat (review item 3).
+            assert statuses(await executions(stack, task["id"])) in (
+                ["succeeded"],
+                ["interrupted", "succeeded"],
+            )
+            assert owner.events("claim_adopted") or owner.events("claim_given_back")
             report = await check_invariants(stack, [task["id"]], deadline_s=10, watcher=watcher)
         report.assert_ok()
         assert report.dead_letters == 0
