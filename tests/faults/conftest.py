@@ -26,6 +26,13 @@ MAX_ATTEMPTS = 3
 
 MakeStack = Callable[..., Awaitable[Stack]]
 
+CUT_POSTGRES = pytest.mark.service_errors(
+    r'"event":"Failed to restore the pool connection floor; retrying","logger":"asyncpg\.pool"',
+    "the test cuts a service off Postgres: its asyncpg pool logs each failed refill of its "
+    "connection floor as a warning with the traceback",
+)
+"""What cutting a service off Postgres makes it log (declared by the tests that do)."""
+
 
 def clock_env(
     *,

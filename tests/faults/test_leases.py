@@ -14,9 +14,16 @@ from pathlib import Path
 
 import pytest
 
-from tests.faults.conftest import ACK_WAIT_S, BACKOFF_BASE_S, MakeStack, worker_of
+from tests.faults.conftest import (
+    ACK_WAIT_S,
+    BACKOFF_BASE_S,
+    CUT_POSTGRES,
+    MakeStack,
+    worker_of,
+)
 from tests.support.faults import consumer_info, db_now, executions, statuses, stream_info
 from tests.support.invariants import VersionWatcher, check_invariants
+from tests.support.procs import ServiceFactory
 from tests.support.tcpproxy import TcpProxy
 from tests.support.timing import floor_plus
 from tests.support.traces import overlapping, runs
@@ -147,6 +154,7 @@ async def test_handlers_blocking_for_exactly_ack_wait_never_overlap(
     assert report.duplicates == 0
 
 
+@CUT_POSTGRES
 async def test_a_worker_that_cannot_renew_its_lease_stops_its_handler(
     make_stack: MakeStack, tmp_path: Path
 ) -> None:
@@ -189,3 +197,61 @@ async def test_a_worker_that_cannot_renew_its_lease_stops_its_handler(
             report = await check_invariants(stack, [task["id"]], deadline_s=15, watcher=watcher)
         report.assert_ok()
         assert cut_off.events("lease_not_renewed")
+
+
+@CUT_POSTGRES
+async def test_an_outage_longer_than_the_lease_does_not_use_up_an_attempt(
+    make_stack: MakeStack, services: ServiceFactory
+) -> None:
+    """Issue 11 review, item 2: worker A and the dispatcher lose Postgres for > a lease.
+
+    A is cut from NATS too, so its message is redelivered to worker B, which keeps both
+    servers. Once A's lease has expired, B must not abandon A's attempt (counted: with
+    ``max_attempts=1`` the task would fail although A's handler succeeded): after an
+    outage only the reaper, which knows Postgres was away (LeaseTrust), decides. A is
+    restored two thirds of a lease after its lease ended; its success must be recorded.
+    """
+    stack = await make_stack(workers=0)
+    real_db = stack.env["DATABASE_URL"]
+    async with (
+        TcpProxy.for_url(real_db) as pg_a,
+        TcpProxy.for_url(stack.env["NATS_URL"]) as nats_a,
+        TcpProxy.for_url(real_db) as pg_dispatcher,
+    ):
+        assert stack.dispatcher is not None
+        assert await stack.dispatcher.stop(timeout=15) == 0
+        stack.dispatcher = await services.start(
+            "dispatcher", stack.env | {"DATABASE_URL": pg_dispatcher.url(real_db)}
+        )
+        await stack.start_worker(
+            {
+                "WORKER_ID": "worker-a",
+                "DATABASE_URL": pg_a.url(real_db),
+                "NATS_URL": nats_a.url(stack.env["NATS_URL"]),
+            }
+        )
+        task = await stack.submit("test.sleep", {"sleep_s": 1.0}, max_attempts=1)
+        await stack.wait_status(task["id"], {"processing"}, timeout=15)
+        await stack.start_worker({"WORKER_ID": "worker-b"})
+        for proxy in (pg_a, nats_a, pg_dispatcher):
+            proxy.cut()
+        try:
+
+            async def lease_past() -> bool:
+                return bool(
+                    await stack.db_value(
+                        "SELECT now() > lease_expires_at + make_interval(secs => $2)"
+                        " FROM task_executions WHERE task_id = $1::uuid AND attempt = 1",
+                        task["id"],
+                        ACK_WAIT_S * 2 / 3,
+                    )
+                )
+
+            await wait_for(lease_past, ACK_WAIT_S * 3 + 10, interval=0.05, what="lease end")
+        finally:
+            for proxy in (pg_a, nats_a, pg_dispatcher):
+                proxy.restore()
+        done = await stack.wait_status(task["id"], timeout=ACK_WAIT_S * 4 + 15)
+        assert done["status"] == "completed", done
+        assert statuses(await executions(stack, task["id"])) == ["succeeded"]
+        assert await stack.dead_letters() == []

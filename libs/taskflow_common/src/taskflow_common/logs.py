@@ -51,6 +51,8 @@ TASK_EVENTS: Mapping[str, str] = MappingProxyType(
         "attempt_interrupted": "worker, INFO: given back at shutdown (not counted)",
         "attempt_cancelled": "worker, INFO: stopped by a cancel request",
         "attempt_lost": "worker, WARNING: the lease was lost to another worker",
+        "attempt_left_to_lease": "worker, WARNING: a stuck handler still ran when the shutdown "
+        "grace ended; not recorded, the reaper abandons it after its lease",
         "attempt_fenced": "worker, WARNING: a newer state won; this outcome was not stored",
         "claim_adopted": "worker, WARNING: an own claim that committed unseen was taken back",
         "delivery_skipped": "worker, DEBUG: a duplicate or stale delivery was acked unrun",

@@ -10,6 +10,15 @@ A running attempt (:mod:`taskflow_worker.running`) is stopped from outside with
 :meth:`~taskflow_worker.running.Running.stop`: a cancel request, a lost lease or one this
 worker could not renew in time (see :mod:`taskflow_worker.heartbeat`), or the end of the
 shutdown grace. The reason decides how the attempt is recorded.
+
+A handler that ignores its cancellation (stuck, see
+:func:`~taskflow_worker.running.await_handler`) is not recorded while it runs: any
+outcome would let another run of the task start (a retry, or a redelivery of a given
+back attempt) alongside it. Its attempt stays registered, so the heartbeat renews its
+lease and keeps its message in progress, and its slot stays taken; when the coroutine
+ends, its real outcome is recorded. At the end of the shutdown grace it is left to its
+lease: the process exits past it (:mod:`taskflow_worker.worker`), its message is not
+settled, and the dispatcher's reaper abandons the attempt once the lease runs out.
 """
 
 from __future__ import annotations
@@ -77,12 +86,23 @@ class AttemptRunner:
         self.completions = completions
         self.running = running
         self.tracer = trace.get_tracer("taskflow.worker")
-        self.grace_over = False
-        """Set when the shutdown grace is over: no handler may start any more."""
+        self._grace_over = asyncio.Event()
         self.stuck_s = min(5.0, settings.worker_ack_wait / 2)
         """Seconds a cancelled handler may take to end before it is abandoned as stuck."""
         self.stuck: set[asyncio.Task[Any]] = set()
         """Handlers abandoned as stuck that are still running (see :func:`await_handler`)."""
+
+    @property
+    def grace_over(self) -> bool:
+        """True once the shutdown grace is over: no handler may start any more."""
+        return self._grace_over.is_set()
+
+    @grace_over.setter
+    def grace_over(self, over: bool) -> None:
+        if over:
+            self._grace_over.set()
+        else:
+            self._grace_over.clear()
 
     async def run(self, claim: Claim, msg: Msg, leased_at: float | None = None) -> str:
         """Run the handler for ``claim``, record the outcome; return ``ack`` or ``settled``.
@@ -113,6 +133,10 @@ class AttemptRunner:
                 log.debug("attempt_started", priority=claim.priority)
                 self.metrics.attempt_started(claim.type, claim.priority, claim.queue_wait_s)
                 outcome = await self._execute(running)
+                if outcome is None:
+                    # A stuck handler at the end of the grace: left to its lease.
+                    log.warning("attempt_left_to_lease", reason="handler stuck at shutdown")
+                    return "settled"
                 self.metrics.attempt_finished(
                     claim.type, outcome.kind, time.monotonic() - running.started
                 )
@@ -123,7 +147,8 @@ class AttemptRunner:
         finally:
             self.running.discard(running)
 
-    async def _execute(self, running: Running) -> Outcome:
+    async def _execute(self, running: Running) -> Outcome | None:
+        """Run the handler; how it ended, or None for a stuck one at the grace's end."""
         claim = running.claim
         fn = lookup(claim.type)
         if fn is None:
@@ -148,13 +173,13 @@ class AttemptRunner:
             # to Postgres): give the attempt back without running it.
             return Outcome("interrupted", error="worker shutting down")
         running.task = asyncio.ensure_future(fn(ctx, claim.payload))
-        ended = await await_handler(running, timeout, self.stuck_s, self.stuck)
-        if running.stop_reason is None and (not ended or running.task.cancelled()):
+        if not await await_handler(running, timeout, self.stuck_s, self.stuck):
+            self.metrics.handler_stuck(claim.type)
+            if not await self._outlive(running.task):
+                return None
+        if running.stop_reason is None and running.task.cancelled():
             return Outcome(
-                "failed",
-                error=f"timed out after {timeout:g}s"
-                + ("" if ended else "; the handler ignored its cancellation (stuck)"),
-                error_type="TimeoutError",
+                "failed", error=f"timed out after {timeout:g}s", error_type="TimeoutError"
             )
         if running.task.cancelled() or running.stop_reason is not None:
             reason = running.stop_reason or "shutdown"
@@ -184,6 +209,15 @@ class AttemptRunner:
                 permanent=True,
             )
         return Outcome("succeeded", result_json=result_json)
+
+    async def _outlive(self, task: asyncio.Task[Any]) -> bool:
+        """Wait for a stuck handler to end; False if the shutdown grace ends first."""
+        over = asyncio.ensure_future(self._grace_over.wait())
+        try:
+            await asyncio.wait({task, over}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            over.cancel()
+        return task.done()
 
     async def _record(self, running: Running, outcome: Outcome) -> str:
         """Write the outcome, retrying through Postgres outages however long; settle the message.

@@ -4,8 +4,16 @@ A fetch's distinct task ids go into one batch claim (one round trip that also op
 execution rows and their leases). A delivery that did not claim is settled without
 running anything, after asking Postgres why (:func:`~taskflow_common.store.claims.diagnose`):
 terminal task or stale copy -> ack; attempt owned by a live worker -> nak until its lease
-has run out (see below); owner's lease expired -> the attempt is abandoned (counted) and
-the retry scheduled -> ack; unknown task -> dead-lettered.
+has run out (see below); owner's lease expired for more than one further lease -> the
+attempt is abandoned (counted) and the retry scheduled -> ack; unknown task ->
+dead-lettered.
+
+A lease expired for less than that is not taken over: after a Postgres outage or a
+network blip longer than the lease, every live owner's lease looks expired until it
+renews, and a worker cannot tell that from a dead owner. The delivery is nak'd until
+the lease has been expired for one more lease (:data:`LEASE_SLACK_S` more); meanwhile
+the owner renews (it runs on), or the dispatcher's reaper, which knows whether
+Postgres was away (its ``LeaseTrust``), abandons the attempt.
 
 An attempt "owned elsewhere" may be a phantom: a claim that committed while its worker
 saw an error, which that worker nak'd and nobody runs. Acking would drop the only copy
@@ -19,6 +27,11 @@ A claim that failed with an outage error may have committed anyway, leaving an o
 attempt owned by this process that nobody runs. Such deliveries are remembered (the
 uncertain claims) and their redelivery adopts the attempt
 (:func:`~taskflow_common.store.claims.adopt`) instead of waiting for its lease to end.
+The redelivery may go to another worker, which naks it past the lease, so the reaper
+would abandon the attempt (counted) first: as soon as Postgres answers again,
+:meth:`Claims.settle_uncertain` (from the heartbeat's lease beat, well within the lease)
+gives back every uncertain claim that did commit and that this process does not run
+(``interrupted``, not counted); the message's next delivery claims the task again.
 """
 
 from __future__ import annotations
@@ -49,6 +62,9 @@ log = get_logger(__name__)
 
 LEASE_SLACK_S = 1.0
 """Seconds past an owner's lease end before a nak'd "owned elsewhere" delivery comes back."""
+
+PHANTOM = "claim committed while its worker saw an error; given back unrun"
+"""The error recorded for a phantom claim its worker gives back."""
 
 UNCERTAIN_MAX = 10_000
 """Uncertain claims remembered at most (oldest forgotten first)."""
@@ -84,6 +100,8 @@ class Claims:
         # Deliveries (task id -> dispatch) whose claim failed with an outage error: it
         # may have committed anyway, leaving an open attempt owned by this process.
         self.uncertain: dict[uuid.UUID, int] = {}
+        self.uncertain_since: dict[uuid.UUID, float] = {}  # monotonic time remembered
+        self.adopting: set[uuid.UUID] = set()  # adoptions between check and run
 
     def start(self, batch: list[tuple[Priority, Msg]]) -> None:
         """Claim a fetch's deliveries together; one handling task per message.
@@ -175,8 +193,43 @@ class Claims:
     def _remember_uncertain(self, message: TaskMessage) -> None:
         self.uncertain.pop(message.task_id, None)
         self.uncertain[message.task_id] = message.dispatch
+        self.uncertain_since[message.task_id] = time.monotonic()
         while len(self.uncertain) > UNCERTAIN_MAX:  # bounded; oldest first
-            del self.uncertain[next(iter(self.uncertain))]
+            self._forget_uncertain(next(iter(self.uncertain)))
+
+    def _forget_uncertain(self, task_id: uuid.UUID) -> None:
+        self.uncertain.pop(task_id, None)
+        self.uncertain_since.pop(task_id, None)
+
+    async def settle_uncertain(self) -> None:
+        """Give back the uncertain claims that committed and that nobody here runs.
+
+        Each such attempt (owned by this worker, still open, no handler here, not being
+        adopted) is recorded ``interrupted`` (not counted) and forgotten; one that did
+        not commit is forgotten once a lease has passed (its statement cannot commit
+        later than that). An outage ends the pass quietly: the next beat tries again.
+        """
+        if not self.uncertain:
+            return
+        now = time.monotonic()
+        ids = [t for t in self.uncertain if t not in self.adopting]
+        try:
+            async with self.db.acquire() as conn:
+                found = await claim_store.open_attempts(conn, ids, self.settings.worker_id)
+                for task_id in ids:
+                    attempt = found.get(task_id)
+                    if attempt is None:
+                        if now - self.uncertain_since.get(task_id, now) > self.lease_s:
+                            self._forget_uncertain(task_id)
+                        continue
+                    if task_id in self.adopting or self.running.of_task(task_id) is not None:
+                        continue  # adopted meanwhile: it runs here
+                    # Forgotten first: no adoption can start for it from here on.
+                    self._forget_uncertain(task_id)
+                    if await attempts.interrupt(conn, task_id, attempt, PHANTOM):
+                        log.warning("claim_given_back", task_id=str(task_id), attempt=attempt)
+        except OUTAGE as exc:
+            log.warning("uncertain_claims_unavailable", error=repr(exc))
 
     async def _adopt(
         self, conn: asyncpg.Connection, message: TaskMessage, refusal: Refusal
@@ -189,6 +242,8 @@ class Claims:
             or self.running.of_task(message.task_id) is not None
         ):
             return None
+        # Until the attempt runs (the caller discards it), settle_uncertain leaves it.
+        self.adopting.add(message.task_id)
         claim = await claim_store.adopt(
             conn,
             message.task_id,
@@ -204,11 +259,19 @@ class Claims:
     async def _claim_and_run(
         self, message: TaskMessage, msg: Msg, claims: BatchClaim | None, sent: float | None
     ) -> str:
+        try:
+            return await self._claim_and_run_once(message, msg, claims, sent)
+        finally:
+            self.adopting.discard(message.task_id)
+
+    async def _claim_and_run_once(
+        self, message: TaskMessage, msg: Msg, claims: BatchClaim | None, sent: float | None
+    ) -> str:
         if claims is not None:
             # shield: this task's cancellation must not cancel the claim the others share.
             claimed = (await asyncio.shield(claims)).get(message.task_id)
             if claimed is not None:
-                self.uncertain.pop(message.task_id, None)
+                self._forget_uncertain(message.task_id)
                 return await self.runner.run(claimed, msg, sent)
         sent = time.monotonic()  # a claim or adoption below starts its lease no earlier
         async with self.db.acquire() as conn:
@@ -221,16 +284,25 @@ class Claims:
                 )
             if isinstance(claim, Refusal):
                 claim = await self._adopt(conn, message, claim) or claim
-            self.uncertain.pop(message.task_id, None)
+            self._forget_uncertain(message.task_id)
             if isinstance(claim, Refusal):
                 if claim.verdict == "unknown_task":
                     await self.dead_letters.malformed(msg, f"unknown task id {message.task_id}")
                     return "settled"
-                if claim.verdict == "lease_expired":
-                    await self._take_over(conn, message.task_id, claim)
+                # Expired for less than one more lease: maybe only an outage kept its
+                # owner from renewing; leave that to the owner or the reaper (below).
+                wait_s = claim.lease_left_s + (
+                    self.lease_s if claim.verdict == "lease_expired" else 0.0
+                )
+                if claim.verdict == "lease_expired" and wait_s <= 0:
+                    await _take_over(conn, self.settings, message.task_id, claim)
+                    log.debug("delivery_skipped", verdict=claim.verdict, dispatch=message.dispatch)
+                    return "ack"
                 log.debug("delivery_skipped", verdict=claim.verdict, dispatch=message.dispatch)
-                if claim.verdict == "owned_elsewhere" and self._may_redeliver(msg):
-                    await settle(msg.nak(delay=max(0.0, claim.lease_left_s) + LEASE_SLACK_S))
+                if claim.verdict in ("owned_elsewhere", "lease_expired") and self._may_redeliver(
+                    msg
+                ):
+                    await settle(msg.nak(delay=max(0.0, wait_s) + LEASE_SLACK_S))
                     return "settled"
                 return "ack"
         return await self.runner.run(claim, msg, sent)
@@ -240,18 +312,19 @@ class Claims:
         delivered = msg.metadata.num_delivered or 1
         return delivered < self.settings.worker_max_deliver - 1
 
-    async def _take_over(
-        self, conn: asyncpg.Connection, task_id: uuid.UUID, refusal: Refusal
-    ) -> None:
-        s = self.settings
-        outcome = await attempts.abandon(
-            conn,
-            task_id,
-            refusal.attempt,
-            reason="worker lost: lease expired before the attempt ended (redelivered)",
-            backoff_s=backoff_delay(
-                refusal.failed_attempts + 1, s.worker_backoff_base, s.worker_backoff_max
-            ),
-        )
-        if outcome is not None:
-            log.warning("attempt_abandoned", attempt=refusal.attempt, task_status=outcome.status)
+
+async def _take_over(
+    conn: asyncpg.Connection, s: WorkerSettings, task_id: uuid.UUID, refusal: Refusal
+) -> None:
+    """Abandon the attempt of a gone owner (counted) and schedule the retry."""
+    outcome = await attempts.abandon(
+        conn,
+        task_id,
+        refusal.attempt,
+        reason="worker lost: lease expired before the attempt ended (redelivered)",
+        backoff_s=backoff_delay(
+            refusal.failed_attempts + 1, s.worker_backoff_base, s.worker_backoff_max
+        ),
+    )
+    if outcome is not None:
+        log.warning("attempt_abandoned", attempt=refusal.attempt, task_status=outcome.status)

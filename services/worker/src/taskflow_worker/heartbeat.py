@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from collections.abc import Awaitable, Callable
 
 from taskflow_common.bus import TRANSIENT_ERRORS as NATS_ERRORS
 from taskflow_common.db import Database
@@ -49,12 +50,15 @@ class Heartbeat:
         lease_s: float,
         interval_s: float,
         errors: LoopErrors | None = None,
+        settle: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         self.db = db
         self.running = running
         self.lease_s = lease_s
         self.interval_s = interval_s
         self.errors = errors
+        self.settle = settle
+        """Run after each lease beat: settles uncertain claims (see claims.py)."""
 
     async def run(self, done: asyncio.Event) -> None:
         """Beat every ``interval_s`` seconds until ``done`` is set.
@@ -81,6 +85,8 @@ class Heartbeat:
         running = self.running.snapshot()
         if running:
             await self._renew(running)
+        if self.settle is not None:
+            await self.settle()
         return self.interval_s
 
     async def _renew(self, running: list[Running]) -> None:

@@ -107,6 +107,13 @@ class WorkerMetrics:
             ["priority"],
             registry=registry,
         )
+        self.stuck = Counter(
+            "taskflow_worker_handlers_stuck",
+            "Handlers that ignored their cancellation past the unwind time (stuck): each "
+            "keeps its slot and lease until its coroutine ends.",
+            ["type"],
+            registry=registry,
+        )
         self.loop_errors = LoopErrors(registry)
         """``taskflow_loop_errors_total{loop, error}``: passes of a loop that raised."""
 
@@ -136,6 +143,10 @@ class WorkerMetrics:
     def task_completed(self, task_type: str, priority: str) -> None:
         """Count a task completed by this worker."""
         self._child(self.completed, self.types(task_type), priority_label(priority)).inc()
+
+    def handler_stuck(self, task_type: str) -> None:
+        """Count a handler declared stuck (it ignored its cancellation)."""
+        self._child(self.stuck, self.types(task_type)).inc()
 
     def attempt_failed(self, task_type: str, priority: str, task_status: str) -> None:
         """Count a recorded failure: ``retrying`` -> retried, ``failed`` -> failed for good."""

@@ -95,9 +95,10 @@ async def await_handler(
 
     A handler past its timeout (``limit_s``) is cancelled; a cancelled one (timeout or
     :meth:`Running.stop`) gets ``stuck_s`` more seconds to unwind. One that swallows its
-    cancellation is then abandoned as stuck: logged at ERROR, added to ``stuck`` (it
-    runs on; nothing can stop a coroutine that will not stop) and recorded as its
-    reason says, so its slot is freed and a drain can end.
+    cancellation is then declared stuck: logged at ERROR once and added to ``stuck``
+    while it runs on (nothing can stop a coroutine that will not stop). The caller
+    keeps its attempt registered (lease renewed, slot held) until it ends, so no other
+    run of the task can start meanwhile (see :class:`~taskflow_worker.attempt.AttemptRunner`).
     """
     task = running.task
     assert task is not None
@@ -117,7 +118,8 @@ async def await_handler(
         "handler_stuck",
         reason=running.stop_reason or "timeout",
         waited_s=stuck_s,
-        hint="the handler swallows asyncio.CancelledError; its coroutine keeps running",
+        hint="the handler swallows asyncio.CancelledError; its attempt keeps its lease "
+        "and slot until the coroutine ends",
     )
     stuck.add(task)
     task.add_done_callback(_forget_stuck(stuck))

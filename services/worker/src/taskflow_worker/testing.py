@@ -15,7 +15,8 @@ Payload keys (all optional): ``sleep_s`` (float, seconds).
 - ``test.trace``: like ``test.sleep``, and append one JSON line per run's start and end
   (``{"task", "attempt", "worker", "event": "start"|"end", "how", "t"}``, ``t`` in Unix
   seconds) to the file ``payload["trace"]``: what a user's side effects would show;
-- ``test.stubborn``: sleep ``sleep_s`` (default 3600) and ignore every cancellation.
+- ``test.stubborn``: sleep ``sleep_s`` (default 3600) and ignore every cancellation; with
+  ``payload["trace"]``, its start and end are written there as ``test.trace`` does.
 """
 
 from __future__ import annotations
@@ -130,8 +131,13 @@ async def trace(ctx: TaskContext, payload: Any) -> Any:
 @handler("test.stubborn")
 async def stubborn(ctx: TaskContext, payload: Any) -> Any:
     """Sleep ``sleep_s`` seconds (default 3600), swallowing every ``CancelledError``."""
+    path = payload.get("trace") if isinstance(payload, dict) else None
+    if path:
+        _trace(str(path), ctx, "start")
     until = time.monotonic() + _seconds(payload, 3600.0)
     while (left := until - time.monotonic()) > 0:
         with contextlib.suppress(asyncio.CancelledError):
             await asyncio.sleep(left)  # a misbehaving handler: it ignores cancellation
+    if path:
+        _trace(str(path), ctx, "end", "returned")
     return {"stubborn": True}

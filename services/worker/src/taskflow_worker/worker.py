@@ -86,6 +86,7 @@ class Worker:
             lease_s=settings.worker_ack_wait,
             interval_s=max(0.2, settings.worker_ack_wait / 3),
             errors=self.metrics.loop_errors,
+            settle=self.claims.settle_uncertain,
         )
         self.doorbell = asyncio.Event()
         self.fetcher: Fetcher | None = None

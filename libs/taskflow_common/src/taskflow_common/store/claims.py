@@ -96,8 +96,10 @@ class Refusal:
     """Why a delivery did not claim its task.
 
     ``unknown_task``: no such row (dead-letter the message); ``already_done``: terminal;
-    ``owned_elsewhere``: a live worker runs it; ``lease_expired``: the owner is gone,
-    take the attempt over with :func:`taskflow_common.store.attempts.abandon`;
+    ``owned_elsewhere``: a live worker runs it; ``lease_expired``: the owner did not
+    renew in time (gone, or cut off by an outage: the worker takes the attempt over with
+    :func:`taskflow_common.store.attempts.abandon` only once ``lease_left_s`` is below
+    minus one lease);
     ``stale``: an older or not-yet-due copy.
     ``worker_id`` names the owner of the open attempt (for the last two verdicts);
     ``lease_left_s`` is how long its lease still runs (seconds, database clock; <= 0
@@ -258,3 +260,23 @@ async def adopt(
     """
     row = await conn.fetchrow(_ADOPT, task_id, attempt, dispatch, worker_id, lease_s)
     return None if row is None else _claim_of(row)
+
+
+# The open attempts of ``worker_id`` among ``task_ids`` (each still its task's current
+# one): the claims that worker may have committed unseen.
+_OPEN_OF_WORKER = """
+SELECT e.task_id, e.attempt
+  FROM task_executions e
+  JOIN tasks t ON t.id = e.task_id AND t.attempts = e.attempt AND t.status = 'processing'
+ WHERE e.task_id = ANY($1::uuid[]) AND e.worker_id = $2 AND e.status = 'started'
+"""
+
+
+async def open_attempts(
+    conn: asyncpg.Connection, task_ids: Sequence[uuid.UUID], worker_id: str
+) -> dict[uuid.UUID, int]:
+    """The open attempt (by task id) that ``worker_id`` owns among ``task_ids``."""
+    if not task_ids:
+        return {}
+    rows = await conn.fetch(_OPEN_OF_WORKER, list(task_ids), worker_id)
+    return {r["task_id"]: r["attempt"] for r in rows}
