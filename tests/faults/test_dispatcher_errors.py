@@ -34,6 +34,11 @@ def _metrics_url(stack_dispatcher: object) -> str:
     return f"http://127.0.0.1:{ready['metrics_port']}/metrics"
 
 
+@pytest.mark.service_errors(
+    r'"event":"loop_failed".*"error_class":"RaiseError"',
+    "the test's trigger makes one outbox pass raise on purpose: the dispatcher logs it",
+    service="dispatcher",
+)
 async def test_a_pass_that_raises_a_database_error_is_survived(make_stack: MakeStack) -> None:
     """The first "mark published" UPDATE raises (a trigger): the dispatcher logs, counts,
     and goes on publishing; a task submitted afterwards completes."""

@@ -66,6 +66,11 @@ async def test_unstorable_outcomes_fail_clearly_and_settle_their_messages(
     assert (normal.num_ack_pending, normal.num_pending, normal.num_redelivered) == (0, 0, 0)
 
 
+@pytest.mark.service_errors(
+    r'"event":"(loop_failed|completion_write_failed)".*RaiseError',
+    "the test's trigger refuses the first completion on purpose: the worker logs that write",
+    service="worker",
+)
 async def test_a_database_error_in_one_pass_is_survived_and_the_result_kept(
     make_stack: MakeStack, tmp_path: Path
 ) -> None:

@@ -53,7 +53,7 @@ async def test_the_age_of_a_waiting_message_ignores_the_local_clock(
     assert await bus.oldest_waiting("normal") is None
     await bus.publish(bus.names.task_subject("normal"), b"{}", {HEADER_MSG_ID: "n0"})
     ahead = SimpleNamespace(datetime=_AheadClock, UTC=dt.UTC, timedelta=dt.timedelta)
-    monkeypatch.setattr("taskflow_common.bus.dt", ahead)
+    monkeypatch.setattr("taskflow_common.bus.streams.dt", ahead)
     age = await bus.oldest_waiting("normal")
     assert age is not None
     assert 0.0 <= age < 5.0, f"age {age:.1f}s of a message published just now"
