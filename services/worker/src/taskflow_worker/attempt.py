@@ -43,6 +43,7 @@ from taskflow_common.store.claims import Claim
 from taskflow_worker.completions import Completions, UnstorableResult
 from taskflow_worker.delivery import redelivery_delay, settle
 from taskflow_worker.handlers import PermanentError, TaskContext, lookup
+from taskflow_worker.heartbeat import LEASE_MARGIN
 from taskflow_worker.metrics import WorkerMetrics
 from taskflow_worker.running import Running, RunningAttempts, await_handler
 from taskflow_worker.settings import WorkerSettings
@@ -87,8 +88,13 @@ class AttemptRunner:
         self.running = running
         self.tracer = trace.get_tracer("taskflow.worker")
         self._grace_over = asyncio.Event()
-        self.stuck_s = min(5.0, settings.worker_ack_wait / 2)
-        """Seconds a cancelled handler may take to end before it is abandoned as stuck."""
+        self.stuck_s = min(5.0, settings.worker_ack_wait * LEASE_MARGIN / 2)
+        """Seconds a cancelled handler may take to end before it is abandoned as stuck.
+
+        At most half the lease watch's margin (:data:`~taskflow_worker.heartbeat.LEASE_MARGIN`
+        x lease, the lease being ``WORKER_ACK_WAIT``): a handler the watch stops for an
+        unrenewed lease ends, if it unwinds in time at all, before that lease does.
+        """
         self.stuck: set[asyncio.Task[Any]] = set()
         """Handlers abandoned as stuck that are still running (see :func:`await_handler`)."""
 

@@ -12,7 +12,9 @@ for ``lease_s - margin`` (``margin`` = :data:`LEASE_MARGIN` x ``lease_s``) with 
 attempt once its lease ends and another worker runs the retry, so the handler must be
 gone by then or two runs overlap. Its lease counts from when the last successful
 renewal was *sent* (:attr:`~taskflow_worker.attempt.Running.lease_from`), never later
-than Postgres counts it; the margin leaves the handler time to unwind. The attempt is
+than Postgres counts it; the margin leaves the handler time to unwind (the runner allows
+it ``margin / 2``, at most 5 s, see
+:attr:`~taskflow_worker.attempt.AttemptRunner.stuck_s`). The attempt is
 then recorded ``interrupted`` ("lease not renewed; stopped", not counted) once Postgres
 answers, unless the reaper got there first. A Postgres outage seen by every worker
 stops their handlers the same way once it outlasts ``lease_s - margin``: a worker cannot
@@ -37,7 +39,7 @@ from taskflow_worker.running import Running, RunningAttempts
 log = get_logger(__name__)
 
 LEASE_MARGIN = 0.25
-"""Share of the lease left when an unrenewed attempt's handler is stopped."""
+"""Share of the lease left when an unrenewed attempt's handler is stopped (for its unwind)."""
 
 
 class Heartbeat:
