@@ -98,3 +98,41 @@ async def test_a_renewal_never_deadlocks_with_a_completion_holding_its_rows(
     renewal.result()  # no DeadlockDetectedError on the heartbeat's side either
     # E1, which nobody else held, was renewed this beat.
     assert await _lease_left_s(db, e1) > 45
+
+
+async def test_a_completion_batch_locks_its_executions_in_id_order(
+    db: asyncpg.Connection, conns: tuple[asyncpg.Connection, asyncpg.Connection]
+) -> None:
+    # The other side: whatever join the planner picks, the batch takes E1 before E2, so
+    # a transaction holding E1 and then taking E2 (the same order) never deadlocks it.
+    e1, e2 = await _two_executions(db)
+    rows = await db.fetch(
+        "SELECT task_id, attempt FROM task_executions WHERE id = ANY($1::uuid[])", [e1, e2]
+    )
+    other, batch = conns
+    await other.execute("SET lock_timeout = '10s'")
+    tx = other.transaction()
+    await tx.start()
+    await other.execute(LOCK, e1)
+    recording = asyncio.ensure_future(
+        attempts.succeed_many(batch, [(r["task_id"], r["attempt"], "1") for r in rows])
+    )
+
+    async def waiting() -> bool:
+        return bool(
+            await db.fetchval(
+                "SELECT wait_event_type = 'Lock' FROM pg_stat_activity WHERE pid = $1",
+                batch.get_server_pid(),
+            )
+        )
+
+    await wait_for(waiting, 10, what="the batch waits for E1")
+    try:
+        await other.execute(LOCK, e2)
+        await tx.commit()
+    except BaseException:
+        await tx.rollback()
+        raise
+    finally:
+        await asyncio.wait({recording}, timeout=10)
+    assert recording.result() == {(r["task_id"], r["attempt"]) for r in rows}
