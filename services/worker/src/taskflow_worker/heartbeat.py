@@ -4,7 +4,9 @@ Every ``interval_s`` (``ack_wait / 3``, at least 0.2 s) two beats run, independe
 one tells NATS each running message is still in progress (so it is not redelivered
 while its handler lives), the other renews the attempts' leases (so the reaper does not
 abandon them). An attempt whose lease is gone (taken over, or its task cancelled) is
-stopped with reason ``lease_lost``.
+stopped with reason ``lease_lost``. A renewal never waits for a row lock: an attempt whose
+row another transaction holds (its success being recorded, say) is skipped for that beat
+(:class:`~taskflow_common.store.attempts.Renewal`).
 
 A third duty, the lease watch, stops a handler whose lease this worker has not renewed
 for ``lease_s - margin`` (``margin`` = :data:`LEASE_MARGIN` x ``lease_s``) with reason
@@ -95,14 +97,14 @@ class Heartbeat:
         sent = time.monotonic()
         try:
             async with self.db.acquire() as conn:
-                alive = await attempts.renew_leases(
+                renewal = await attempts.renew_leases(
                     conn, [r.claim.execution_id for r in running], self.lease_s
                 )
         except OUTAGE as exc:
             log.warning("lease_renew_unavailable", error=repr(exc))
             return
         except Exception as exc:
-            # Any other error (a deadlock with a completion batch, a bug) must not end
+            # Any other error (a statement timeout, a bug) must not end
             # the beat: every running attempt would then lose its lease and be taken
             # over while alive. Try again on the next beat.
             log.error("lease_renew_failed", error=f"{exc.__class__.__name__}: {exc}")
@@ -110,8 +112,12 @@ class Heartbeat:
                 self.errors.count("lease_beat", exc)
             return
         for r in running:
-            if r.claim.execution_id in alive:
+            if r.claim.execution_id in renewal.renewed:
                 r.lease_from = max(r.lease_from, sent)
+            elif r.claim.execution_id in renewal.busy:
+                # Its row was locked elsewhere (being recorded, abandoned or cancelled):
+                # not renewed this beat, not lost either; the next beat tells.
+                continue
             elif r.task is not None:
                 r.stop("lease_lost")
 

@@ -67,12 +67,20 @@ async def succeed(
 # _SUCCEED fences it (the task's current attempt, still processing; the execution still
 # started). Results travel as JSON text and are cast per row. The task rows are locked
 # in id order first (``locked``, a one-time filter of the UPDATE), as every bulk lock of
-# task rows is, whatever join the planner picks for the UPDATE (issue 11).
+# task rows is, whatever join the planner picks for the UPDATE (issue 11); then their
+# started executions, in id order too (``xlocked``: it reads ``locked`` first, so tasks
+# before executions, as on every other path), not in the order of the final join.
 _SUCCEED_MANY = """
 WITH d AS (
     SELECT * FROM unnest($1::uuid[], $2::int[], $3::text[]) AS d(id, attempt, result)
 ), locked AS (
     SELECT id FROM tasks WHERE id = ANY($1::uuid[]) ORDER BY id FOR UPDATE
+), xlocked AS (
+    SELECT id FROM task_executions
+     WHERE task_id = ANY($1::uuid[]) AND status = 'started'
+       AND (SELECT count(*) FROM locked) >= 0
+     ORDER BY id
+       FOR UPDATE
 ), t AS (
     UPDATE tasks
        SET status = 'completed', result = d.result::jsonb, version = tasks.version + 1,
@@ -87,6 +95,7 @@ UPDATE task_executions AS x
        duration_ms = extract(epoch FROM now() - x.started_at) * 1000
   FROM t
  WHERE x.task_id = t.id AND x.attempt = t.attempts AND x.status = 'started'
+   AND (SELECT count(*) FROM xlocked) >= 0
 RETURNING x.task_id, x.attempt
 """
 
@@ -267,23 +276,58 @@ async def mark_cancelled(
     return await conn.fetchval(_CANCELLED, task_id, attempt, storable(reason)) is not None
 
 
+# Never waits for a row lock: a row another transaction holds (a completion batch
+# recording it, the reaper abandoning it, a cancel closing it) is skipped this beat and
+# reported ``busy``. Waiting could deadlock with a completion batch of this very worker
+# locking the same executions in another order (review of issue 11); a row being
+# finished needs no renewal, and one that stays started is renewed on the next beat.
+# ``started`` is read from the statement's snapshot, so a skipped row still counts as
+# alive (its lease is not lost, only not renewed yet).
 _RENEW = """
-UPDATE task_executions
-   SET lease_expires_at = now() + make_interval(secs => $2)
- WHERE id = ANY($1::uuid[]) AND status = 'started'
-RETURNING id
+WITH started AS (
+    SELECT id FROM task_executions WHERE id = ANY($1::uuid[]) AND status = 'started'
+), mine AS (
+    SELECT id FROM task_executions
+     WHERE id = ANY($1::uuid[]) AND status = 'started'
+     ORDER BY id
+       FOR UPDATE SKIP LOCKED
+), renewed AS (
+    UPDATE task_executions AS x
+       SET lease_expires_at = now() + make_interval(secs => $2)
+      FROM mine
+     WHERE x.id = mine.id AND x.status = 'started'
+ RETURNING x.id
+)
+SELECT started.id, renewed.id IS NOT NULL AS renewed
+  FROM started LEFT JOIN renewed ON renewed.id = started.id
 """
+
+
+@dataclass(frozen=True, slots=True)
+class Renewal:
+    """What one lease renewal did: ``renewed`` ids, and ``busy`` ones locked elsewhere.
+
+    An id in neither is no longer ``started`` (taken over or cancelled): its lease is
+    lost and its handler should stop. A ``busy`` one was alive but not renewed this time
+    (another transaction held its row: see ``_RENEW``).
+    """
+
+    renewed: frozenset[uuid.UUID]
+    busy: frozenset[uuid.UUID]
 
 
 async def renew_leases(
     conn: asyncpg.Connection, execution_ids: Sequence[uuid.UUID], lease_s: float
-) -> set[uuid.UUID]:
+) -> Renewal:
     """Extend the leases of running executions by ``lease_s`` seconds from now.
 
-    Returns the ids still ``started``; an id missing from the result lost its lease
-    (taken over or cancelled) and its handler should stop.
+    Never waits for a row lock (see :class:`Renewal`); raises what asyncpg raises
+    (``OSError``, ``asyncpg.PostgresError``) when Postgres cannot be reached or refuses.
     """
     if not execution_ids:
-        return set()
+        return Renewal(frozenset(), frozenset())
     rows = await conn.fetch(_RENEW, list(execution_ids), lease_s)
-    return {r["id"] for r in rows}
+    return Renewal(
+        renewed=frozenset(r["id"] for r in rows if r["renewed"]),
+        busy=frozenset(r["id"] for r in rows if not r["renewed"]),
+    )
