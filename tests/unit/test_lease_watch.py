@@ -21,6 +21,7 @@ from taskflow_common.db import Database
 from taskflow_common.store.claims import Claim
 from taskflow_worker.attempt import AttemptRunner
 from taskflow_worker.completions import Completions
+from taskflow_worker.handlers import TaskContext, handler
 from taskflow_worker.heartbeat import Heartbeat
 from taskflow_worker.metrics import WorkerMetrics
 from taskflow_worker.running import Running, RunningAttempts
@@ -29,15 +30,15 @@ from taskflow_worker.settings import WorkerSettings
 ACK_WAITS = [3.0, 10.0, 30.0, 300.0]
 
 
-def claim() -> Claim:
+def claim(type: str = "sleep", timeout_s: float | None = None) -> Claim:
     return Claim(
         task_id=uuid.uuid4(),
         attempt=1,
         execution_id=uuid.uuid4(),
-        type="sleep",
+        type=type,
         payload={},
         priority="normal",
-        timeout_s=None,
+        timeout_s=timeout_s,
         max_attempts=3,
         failed_attempts=0,
         trace_parent=None,
@@ -96,3 +97,30 @@ async def test_healthy_renewals_never_trip_the_watch(ack_wait: float) -> None:
     # One beat missed (two intervals unrenewed) is not yet a lost lease.
     interval = max(0.2, ack_wait / 3)
     assert not await stopped_after(ack_wait, 2 * interval + 0.02 * ack_wait)
+
+
+unwinding = asyncio.Event()
+
+
+@handler("test.unit.slow_unwind")
+async def slow_unwind(ctx: TaskContext, payload: Any) -> Any:
+    """Sleep past its timeout; once cancelled, take 0.2 s to unwind (then re-raise)."""
+    try:
+        await asyncio.sleep(3600)
+    finally:
+        unwinding.set()
+        await asyncio.sleep(0.2)
+
+
+async def test_a_timeout_stays_a_timeout_when_the_lease_watch_stops_its_unwind() -> None:
+    # The handler times out and unwinds; meanwhile the lease watch (here: its stop call)
+    # gives up on the lease. The attempt timed out: a counted failure, not an uncounted
+    # interrupt that would let a handler time out for ever (review item 3).
+    attempt = runner(30.0)
+    r = Running(claim("test.unit.slow_unwind", timeout_s=0.1), cast(Msg, None))
+    execute = asyncio.ensure_future(attempt._execute(r))
+    await asyncio.wait_for(unwinding.wait(), 5)
+    r.stop("lease_unrenewed")
+    outcome = await asyncio.wait_for(execute, 5)
+    assert outcome is not None
+    assert (outcome.kind, outcome.error_type) == ("failed", "TimeoutError"), outcome
