@@ -183,12 +183,15 @@ class AttemptRunner:
             self.metrics.handler_stuck(claim.type)
             if not await self._outlive(running.task):
                 return None
-        if running.stop_reason is None and running.task.cancelled():
+        reason = running.stop_reason
+        if running.task.cancelled() and reason in (None, "timeout"):
+            # Counted, whatever stopped it later while it unwound (the first reason stays).
             return Outcome(
                 "failed", error=f"timed out after {timeout:g}s", error_type="TimeoutError"
             )
-        if running.task.cancelled() or running.stop_reason is not None:
-            reason = running.stop_reason or "shutdown"
+        # A timed-out handler that swallowed its cancellation and then ended on its own
+        # is recorded by its real outcome (below); one stopped from outside by the reason.
+        if reason is not None and reason != "timeout":
             if reason == "shutdown":
                 return Outcome("interrupted", error="worker shutting down")
             if reason == "cancelled":

@@ -25,7 +25,8 @@ from taskflow_common.store.claims import Claim
 
 log = get_logger(__name__)
 
-StopReason = Literal["shutdown", "cancelled", "lease_lost", "lease_unrenewed"]
+StopReason = Literal["timeout", "shutdown", "cancelled", "lease_lost", "lease_unrenewed"]
+"""Why a handler was stopped; the first reason given is kept (see :meth:`Running.stop`)."""
 
 
 @dataclass(eq=False)
@@ -47,7 +48,11 @@ class Running:
     stopped: asyncio.Event = field(default_factory=asyncio.Event)
 
     def stop(self, reason: StopReason) -> None:
-        """Cancel the handler, remembering why (decides how the attempt is recorded)."""
+        """Cancel the handler, remembering why (decides how the attempt is recorded).
+
+        The first reason stays: a later stop (the lease watch giving up while a timed-out
+        handler unwinds, say) never turns a counted timeout into an uncounted interrupt.
+        """
         if self.task is not None and not self.task.done():
             self.stop_reason = self.stop_reason or reason
             self.stopped.set()
@@ -110,7 +115,7 @@ async def await_handler(
     if task.done():
         return True
     if running.stop_reason is None:
-        task.cancel()  # its timeout (stop() has cancelled it already otherwise)
+        running.stop("timeout")  # stopped from outside, it is cancelled already
     await asyncio.wait({task}, timeout=stuck_s)
     if task.done():
         return True
