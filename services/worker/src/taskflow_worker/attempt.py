@@ -183,41 +183,7 @@ class AttemptRunner:
             self.metrics.handler_stuck(claim.type)
             if not await self._outlive(running.task):
                 return None
-        reason = running.stop_reason
-        if running.task.cancelled() and reason in (None, "timeout"):
-            # Counted, whatever stopped it later while it unwound (the first reason stays).
-            return Outcome(
-                "failed", error=f"timed out after {timeout:g}s", error_type="TimeoutError"
-            )
-        # A timed-out handler that swallowed its cancellation and then ended on its own
-        # is recorded by its real outcome (below); one stopped from outside by the reason.
-        if reason is not None and reason != "timeout":
-            if reason == "shutdown":
-                return Outcome("interrupted", error="worker shutting down")
-            if reason == "cancelled":
-                return Outcome("cancelled", error="cancelled by request")
-            if reason == "lease_unrenewed":
-                # Not counted: this worker lost Postgres, the task did nothing wrong.
-                return Outcome("interrupted", error=LEASE_UNRENEWED)
-            return Outcome("lost", error="lease lost to another worker")
-        exc = running.task.exception()
-        if exc is not None:
-            return Outcome(
-                "failed",
-                error=f"{exc.__class__.__name__}: {exc}"[:4000],
-                error_type=exc.__class__.__name__,
-                permanent=isinstance(exc, PermanentError),
-            )
-        try:
-            result_json = orjson.dumps(running.task.result()).decode()
-        except TypeError as err:
-            return Outcome(
-                "failed",
-                error=f"result is not JSON-serialisable: {err}",
-                error_type="UnserializableResult",
-                permanent=True,
-            )
-        return Outcome("succeeded", result_json=result_json)
+        return outcome_of(running, timeout)
 
     async def _outlive(self, task: asyncio.Task[Any]) -> bool:
         """Wait for a stuck handler to end; False if the shutdown grace ends first."""
@@ -344,6 +310,49 @@ class AttemptRunner:
                 )
                 self.metrics.loop_errors.count("record", exc)
                 await asyncio.sleep(delay)
+
+
+def outcome_of(running: Running, timeout: float) -> Outcome:
+    """How the ended handler of ``running`` ended (its stop reason first), as an Outcome.
+
+    ``timeout`` (seconds) is the handler's timeout, named in a timed-out failure.
+    """
+    task = running.task
+    assert task is not None
+    assert task.done()
+    reason = running.stop_reason
+    if task.cancelled() and reason in (None, "timeout"):
+        # Counted, whatever stopped it later while it unwound (the first reason stays).
+        return Outcome("failed", error=f"timed out after {timeout:g}s", error_type="TimeoutError")
+    # A timed-out handler that swallowed its cancellation and then ended on its own
+    # is recorded by its real outcome (below); one stopped from outside by the reason.
+    if reason is not None and reason != "timeout":
+        if reason == "shutdown":
+            return Outcome("interrupted", error="worker shutting down")
+        if reason == "cancelled":
+            return Outcome("cancelled", error="cancelled by request")
+        if reason == "lease_unrenewed":
+            # Not counted: this worker lost Postgres, the task did nothing wrong.
+            return Outcome("interrupted", error=LEASE_UNRENEWED)
+        return Outcome("lost", error="lease lost to another worker")
+    exc = task.exception()
+    if exc is not None:
+        return Outcome(
+            "failed",
+            error=f"{exc.__class__.__name__}: {exc}"[:4000],
+            error_type=exc.__class__.__name__,
+            permanent=isinstance(exc, PermanentError),
+        )
+    try:
+        result_json = orjson.dumps(task.result()).decode()
+    except TypeError as err:
+        return Outcome(
+            "failed",
+            error=f"result is not JSON-serialisable: {err}",
+            error_type="UnserializableResult",
+            permanent=True,
+        )
+    return Outcome("succeeded", result_json=result_json)
 
 
 @functools.lru_cache(maxsize=256)
