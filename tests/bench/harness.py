@@ -8,7 +8,12 @@ Order within a run (one stack for all runs; the workers are what changes):
 4. paced latency with one worker;
 5. a second worker, burst again (scale);
 6. drain: workers stopped, N queued and published, one worker started (it stays for
-   the next run).
+   the next run);
+7. issue 15: an every-1s schedule's tick latency, then retention (a burst with and
+   without pruning over ``BENCH_PRUNE_ROWS`` old rows, table sizes) (:mod:`.maintenance`).
+
+``BENCH_ONLY=schedules,retention`` (names in :data:`tests.bench.stack.SCENARIOS`) runs
+only the scenarios named.
 
 Then once: worker RSS growth with a fresh worker, and with ``BENCH_PROFILE=1`` a last
 burst under py-spy.
@@ -23,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from taskflow_devstack.servers import free_port
-from tests.bench import profile, report
+from tests.bench import maintenance, profile, report
 from tests.bench.probes import PgProbe, nats_varz
 from tests.bench.scenarios import BenchError, Scenarios, say
 from tests.bench.stack import REPO, BenchConfig, BenchStack
@@ -95,6 +100,45 @@ async def _profile(sc: Scenarios, out_dir: Path) -> dict[str, Any]:
     return {"dir": str(out_dir), "burst_tasks_per_s": figures["burst_tasks_per_s"], **summaries}
 
 
+_SUMMARY = ("burst_tasks_per_s", "drain_tasks_per_s", "paced_start_p50_ms", "tick_queued_p99_ms")
+
+
+async def _one_run(
+    sc: Scenarios, cfg: BenchConfig, r: int, noop_url: str, batch: bool
+) -> dict[str, float]:
+    """One run of every scenario ``BENCH_ONLY`` selects, in the order of the module doc."""
+    fig: dict[str, float] = {}
+    if cfg.wants("ceiling"):
+        say(f"run {r}/{cfg.runs}: load generator ceiling")
+        fig |= await sc.ceiling(noop_url)
+    if cfg.wants("burst"):
+        say(f"run {r}: burst of {cfg.n} (1 worker, with cost counters)")
+        fig |= await sc.burst(cost=True)
+    if batch and cfg.wants("batch"):
+        say(f"run {r}: batch burst")
+        fig |= await sc.burst(batch=True)
+    if cfg.wants("paced"):
+        say(f"run {r}: paced {cfg.paced_rate:g}/s for {cfg.paced_seconds:g} s")
+        fig |= await sc.paced()
+    if cfg.wants("scale"):
+        say(f"run {r}: burst with 2 workers")
+        await sc.stack.start_worker()
+        two = await sc.burst()
+        fig["scale_2_workers_tasks_per_s"] = two["burst_tasks_per_s"]
+        if "burst_tasks_per_s" in fig:
+            fig["scale_1_worker_tasks_per_s"] = fig["burst_tasks_per_s"]
+    if cfg.wants("drain"):
+        say(f"run {r}: drain of {cfg.n}")
+        fig |= await sc.drain()
+    if cfg.wants("schedules"):
+        say(f"run {r}: an every-1s schedule for {cfg.tick_seconds:g} s")
+        fig |= await maintenance.tick_latency(sc, cfg.tick_seconds)
+    if cfg.wants("retention"):
+        say(f"run {r}: retention over {cfg.prune_rows:,} old rows")
+        fig |= await maintenance.retention(sc, cfg.prune_rows)
+    return fig
+
+
 async def run(cfg: BenchConfig) -> dict[str, Any]:
     """Run the whole bench; return the JSON document (also written to ``cfg.out``)."""
     out_dir = cfg.out.parent
@@ -117,31 +161,12 @@ async def run(cfg: BenchConfig) -> dict[str, Any]:
         say(f"batch endpoint: {'yes' if batch else 'not there (n/a)'}")
         noop, noop_url = await _start_noop()
         for r in range(1, cfg.runs + 1):
-            fig: dict[str, float] = {}
-            say(f"run {r}/{cfg.runs}: load generator ceiling")
-            fig |= await sc.ceiling(noop_url)
-            say(f"run {r}: burst of {cfg.n} (1 worker, with cost counters)")
-            fig |= await sc.burst(cost=True)
-            if batch:
-                say(f"run {r}: batch burst")
-                fig |= await sc.burst(batch=True)
-            say(f"run {r}: paced {cfg.paced_rate:g}/s for {cfg.paced_seconds:g} s")
-            fig |= await sc.paced()
-            say(f"run {r}: burst with 2 workers")
-            await stack.start_worker()
-            two = await sc.burst()
-            fig["scale_2_workers_tasks_per_s"] = two["burst_tasks_per_s"]
-            fig["scale_1_worker_tasks_per_s"] = fig["burst_tasks_per_s"]
-            say(f"run {r}: drain of {cfg.n}")
-            fig |= await sc.drain()
+            fig = await _one_run(sc, cfg, r, noop_url, batch)
             runs.append(fig)
-            say(
-                f"run {r}: burst {fig['burst_tasks_per_s']:.0f}/s, "
-                f"drain {fig['drain_tasks_per_s']:.0f}/s, "
-                f"start p50 {fig['paced_start_p50_ms']:.2f} ms"
-            )
-        say(f"worker RSS over {cfg.rss_tasks} tasks")
-        runs[0] |= await sc.rss_growth()
+            say(f"run {r}: " + ", ".join(f"{k} {fig[k]:.2f}" for k in _SUMMARY if k in fig))
+        if cfg.wants("rss"):
+            say(f"worker RSS over {cfg.rss_tasks} tasks")
+            runs[0] |= await sc.rss_growth()
         if cfg.profile:
             profiles = await _profile(sc, out_dir / "profiles")
         pg_version = await probe.server_version()
@@ -168,6 +193,9 @@ async def run(cfg: BenchConfig) -> dict[str, Any]:
             "batch_size": cfg.batch_size,
             "batch_endpoint": batch,
             "rss_tasks": cfg.rss_tasks,
+            "only": sorted(cfg.only),
+            "prune_rows": cfg.prune_rows,
+            "tick_seconds": cfg.tick_seconds,
             "settle_s": cfg.settle_s,
             "pg_fsync": cfg.pg_fsync if cfg.database_url is None else None,
             "servers": {

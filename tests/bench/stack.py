@@ -25,6 +25,10 @@ from tests.support.pg import admin_execute, dsn_for
 from tests.support.procs import ServiceFactory, ServiceProcess
 
 REPO = Path(__file__).resolve().parents[2]
+SCENARIOS = frozenset(
+    ("ceiling", "burst", "batch", "paced", "scale", "drain", "rss", "schedules", "retention")
+)
+"""What ``BENCH_ONLY`` may name (comma-separated; default: all of them)."""
 
 
 @dataclass
@@ -47,6 +51,13 @@ class BenchConfig:
     database_url: str | None = None
     nats_url: str | None = None
     nats_monitor_url: str | None = None
+    only: frozenset[str] = SCENARIOS
+    prune_rows: int = 1_000_000
+    tick_seconds: float = 10.0
+
+    def wants(self, scenario: str) -> bool:
+        """Whether ``scenario`` (one of :data:`SCENARIOS`) runs (``BENCH_ONLY``)."""
+        return scenario in self.only
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> BenchConfig:
@@ -55,7 +66,10 @@ class BenchConfig:
         N), ``BENCH_SETTLE_S``, ``BENCH_PG_FSYNC`` (on/off), ``BENCH_LOG_LEVEL``,
         ``BENCH_OUT``, ``BENCH_PROFILE`` (1: py-spy the burst), ``BENCH_SERVICE_ENV``
         (``K=V,K=V`` for the services), ``DATABASE_URL``, ``NATS_URL`` and
-        ``BENCH_NATS_MONITOR_URL``. Raises ``ValueError`` naming a malformed variable."""
+        ``BENCH_NATS_MONITOR_URL``; issue 15's ``BENCH_PRUNE_ROWS`` (1,000,000),
+        ``BENCH_TICK_SECONDS`` (10) and ``BENCH_ONLY`` (e.g. ``schedules,retention``: only
+        those scenarios, names in :data:`SCENARIOS`). Raises ``ValueError`` naming a
+        malformed variable."""
 
         def num(name: str, default: float, kind: type[float] = int) -> float:
             raw = env.get(name, "").strip()
@@ -77,7 +91,16 @@ class BenchConfig:
                 if not sep:
                     raise ValueError(f"BENCH_SERVICE_ENV: {part!r} is not KEY=VALUE")
                 service_env[key] = value
+        only = frozenset(p.strip() for p in env.get("BENCH_ONLY", "").split(",") if p.strip())
+        if only - SCENARIOS:
+            unknown = ", ".join(sorted(only - SCENARIOS))
+            raise ValueError(
+                f"BENCH_ONLY: unknown {unknown} (known: {', '.join(sorted(SCENARIOS))})"
+            )
         return cls(
+            only=only or SCENARIOS,
+            prune_rows=int(num("BENCH_PRUNE_ROWS", 1_000_000)),
+            tick_seconds=float(num("BENCH_TICK_SECONDS", 10.0, float)),
             n=n,
             runs=int(num("BENCH_RUNS", 3)),
             concurrency=int(num("BENCH_CONCURRENCY", 50)),

@@ -37,6 +37,8 @@ def _env(out: Path) -> dict[str, str]:
         "BENCH_PACED_SECONDS": "1",
         "BENCH_RSS_TASKS": "200",
         "BENCH_SETTLE_S": "1",
+        "BENCH_TICK_SECONDS": "3",
+        "BENCH_PRUNE_ROWS": "2000",
         "BENCH_OUT": str(out),
     }
 
@@ -76,5 +78,6 @@ def test_bench_produces_every_figure(tmp_path: Path) -> None:
         assert fig["min"] <= fig["median"] <= fig["max"], key
     for key in ("nats_msgs_per_task", "pg_xacts_per_task", "cpu_s_per_1000_worker",
                 "scale_2_workers_tasks_per_s", "loadgen_ceiling_req_per_s",
-                "intake_single_tasks_per_s"):  # fmt: skip
+                "intake_single_tasks_per_s", "tick_queued_p99_ms",
+                "prune_burst_with_tasks_per_s", "prune_tasks_heap_mib_vacuumed"):  # fmt: skip
         assert isinstance(figures[key]["median"], int | float), key

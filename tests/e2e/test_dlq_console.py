@@ -22,7 +22,7 @@ import pytest
 from playwright.async_api import Browser, Page, async_playwright, expect
 
 from tests.support.procs import ServiceFactory
-from tests.support.stack import Stack
+from tests.support.stack import Stack, post
 from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.e2e
@@ -186,4 +186,43 @@ async def test_console_discards_and_replays_all_matching_after_showing_the_count
     assert (await stack.get(fails[0]["id"]))["attempts"] == 1
     # Their new dead letters show up as open again, by themselves.
     await expect(rows).to_have_count(2, timeout=WAIT_MS)
+    assert errors == []
+
+
+async def test_console_lists_schedules_with_their_last_run(browser: Browser, stack: Stack) -> None:
+    """Issue 15: schedules are listed in the console (read-only), with next/last fire."""
+    page, errors = await open_console(browser, stack)
+    await expect(page.locator("#schedules-empty")).to_be_visible()
+    body = {"name": "nightly.report", "cron": "30 2 * * *", "timezone": "Europe/Berlin"}
+    resp = await post(stack, "/schedules", json={**body, "task": {"type": "demo"}})
+    assert resp.status_code == 201, resp.text
+    resp = await post(
+        stack,
+        "/schedules",
+        json={"name": "paused.one", "every": "30s", "paused": True, "task": {"type": "demo"}},
+    )
+    assert resp.status_code == 201, resp.text
+    run = await post(stack, "/schedules/nightly.report/run")
+    assert run.status_code == 201, run.text
+    await stack.wait_status(run.json()["task"]["id"], {"completed"})
+
+    rows = page.locator("#schedule-rows tr")
+    await expect(rows).to_have_count(2, timeout=WAIT_MS)  # by name
+    assert [await r.get_attribute("data-name") for r in await rows.all()] == [
+        "nightly.report",
+        "paused.one",
+    ]
+    nightly = page.locator('#schedule-rows tr[data-name="nightly.report"] td')
+    await expect(nightly.nth(1)).to_have_text("demo")
+    await expect(nightly.nth(2)).to_have_text("30 2 * * *")
+    await expect(nightly.nth(3)).to_have_text("Europe/Berlin")
+    await expect(nightly.nth(4)).to_have_text("active")
+    await expect(nightly.nth(5)).to_contain_text("in ")
+    await expect(nightly.nth(6)).to_contain_text("ago")
+    await expect(nightly.nth(7)).to_have_text("completed", timeout=WAIT_MS)
+    paused = page.locator('#schedule-rows tr[data-name="paused.one"] td')
+    await expect(paused.nth(2)).to_have_text("every 30s")
+    await expect(paused.nth(4)).to_have_text("paused")
+    await expect(paused.nth(7)).to_have_text("—")
+    await expect(page.locator("#schedules-empty")).to_be_hidden()
     assert errors == []

@@ -19,7 +19,9 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationEr
 
 from taskflow_common.errors import ConfigError
 
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
+DURATION_PATTERN = r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$"
+"""What :func:`parse_duration` reads in a string (Python's ``re``: ``\\d`` is any digit)."""
+_DURATION = re.compile(DURATION_PATTERN)
 _UNIT_S = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
 DURATION_FORM = "a duration such as 500ms, 2s, 1m, 1h or 30d (a bare number is seconds)"
 

@@ -23,7 +23,8 @@ Routes (JSON bodies; errors are problem+json, see :mod:`.problems`):
   says how many more match). ``dry_run`` only counts (the console shows the count
   before the operator confirms).
 - ``GET /metrics``: Prometheus text format (:mod:`taskflow_common.metrics`).
-- ``GET /`` and ``GET /console``: the dead-letter console (:mod:`.console`).
+- ``GET /`` and ``GET /console``: the dead-letter console (:mod:`.console`);
+  ``GET /api/v1/console/schedules``, its schedule list (:mod:`.schedules`).
 - ``GET /api/v1/health`` -> 200 ``{"status": "ok"|"degraded", "checks": {...}}``;
   ``GET /api/v1/ready`` -> the same body, 503 unless Postgres answers.
 
@@ -70,7 +71,7 @@ from taskflow_common.store.rows import (
     execution_json,
     task_json,
 )
-from taskflow_dlq_monitor import console
+from taskflow_dlq_monitor import console, schedules
 from taskflow_dlq_monitor.consumer import DeadLetterConsumer
 from taskflow_dlq_monitor.metrics import DlqMetrics
 
@@ -382,6 +383,7 @@ def create_app(deps: Deps, tracer: trace.Tracer | None = None) -> ASGIApp:
 
     app.add_route("/metrics", MetricsResource(deps.metrics.registry, refresh_open))
     console.add_routes(app)
+    schedules.add_routes(app, deps.db)
     return RequestContext(
         app, tracer or trace.get_tracer("taskflow_dlq_monitor"), max_body_bytes=MAX_BODY_BYTES
     )

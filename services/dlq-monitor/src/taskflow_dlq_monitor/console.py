@@ -8,11 +8,12 @@ as they are. The page talks only to this service's JSON API (same origin):
 - ``GET /api/v1/dlq/{id}`` for the detail view (payload, every attempt);
 - ``POST /api/v1/dlq/{task_id}/replay``, ``POST /api/v1/dlq/{id}/discard``;
 - ``POST /api/v1/dlq/replay`` with ``dry_run`` to show how many tasks match before the
-  operator confirms "replay all matching", then without it.
+  operator confirms "replay all matching", then without it;
+- ``GET /api/v1/console/schedules`` for the read-only schedule table (``schedules.js``).
 
 Routes: ``GET /`` and ``GET /console`` (the page), ``GET /console/{asset}``
-(``console.js``, ``console.css``). Responses carry a strict Content-Security-Policy
-(same-origin scripts, styles and requests only; the page builds the DOM with
+(``console.js``, ``schedules.js``, ``console.css``). Responses carry a strict
+Content-Security-Policy (same-origin scripts, styles and requests only; the page builds the DOM with
 ``textContent``, never ``innerHTML``, so error texts cannot inject markup).
 """
 
@@ -31,6 +32,7 @@ _TYPES = {
     "index.html": "text/html; charset=utf-8",
     "console.js": "text/javascript; charset=utf-8",
     "console.css": "text/css; charset=utf-8",
+    "schedules.js": "text/javascript; charset=utf-8",
 }
 _FILES: dict[str, bytes] = {
     name: (resources.files("taskflow_dlq_monitor") / "console" / name).read_bytes()
@@ -65,7 +67,7 @@ class Asset:
     """``GET /console/{name}``: the script and the style sheet."""
 
     async def on_get(self, req: falcon.asgi.Request, resp: falcon.asgi.Response, name: str) -> None:
-        """Serve ``console.js`` or ``console.css``; anything else is 404 ``not_found``."""
+        """Serve a script or the style sheet; anything else is 404 ``not_found``."""
         if name not in _TYPES or name == "index.html":
             raise falcon.HTTPNotFound()
         _send(resp, name)

@@ -50,7 +50,13 @@ from taskflow_common.store.schedules import (
     decode_cursor,
 )
 from taskflow_common.ticks import MAX_CATCH_UP, Policy
-from taskflow_ingest_api.validation import DEFAULT_LIST_LIMIT, TAGS_RULE, TagKey, TagValue
+from taskflow_ingest_api.validation import (
+    DEFAULT_LIST_LIMIT,
+    TAGS_RULE,
+    JsonInt,
+    TagKey,
+    TagValue,
+)
 
 NAME_RULE = "must be 1..128 characters of A-Z a-z 0-9 _ . : -"
 CRON_CHARS = 256
@@ -85,7 +91,7 @@ class TemplateBody(BaseModel):
     type: str = Field(pattern=TYPE_PATTERN.pattern)
     payload: JsonValue = Field(default_factory=dict)
     priority: Literal["high", "normal", "low"] = "normal"
-    max_attempts: int | None = Field(None, ge=MIN_ATTEMPTS, le=MAX_ATTEMPTS)
+    max_attempts: JsonInt | None = Field(None, ge=MIN_ATTEMPTS, le=MAX_ATTEMPTS)
     timeout_s: float | None = Field(None, gt=0, le=MAX_TIMEOUT_S, allow_inf_nan=False)
     tags: dict[TagKey, TagValue] | None = Field(None, max_length=MAX_TAGS)
 
@@ -106,7 +112,7 @@ class ScheduleChange(BaseModel):
     timezone: str | None = Field(None, min_length=1, max_length=ZONE_CHARS)
     every: Every | None = None
     missed: Literal["skip", "catch_up"] | None = None
-    catch_up_max: int | None = Field(None, ge=1, le=MAX_CATCH_UP)
+    catch_up_max: JsonInt | None = Field(None, ge=1, le=MAX_CATCH_UP)
     overlap: Literal["allow", "skip", "queue"] | None = None
     paused: bool | None = None
 
@@ -122,7 +128,7 @@ class ScheduleBody(BaseModel):
     timezone: str | None = Field(None, min_length=1, max_length=ZONE_CHARS)
     every: Every | None = None
     missed: Literal["skip", "catch_up"] = "skip"
-    catch_up_max: int = Field(10, ge=1, le=MAX_CATCH_UP)
+    catch_up_max: JsonInt = Field(10, ge=1, le=MAX_CATCH_UP)
     overlap: Literal["allow", "skip", "queue"] = "allow"
     paused: bool = False
 
