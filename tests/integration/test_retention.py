@@ -24,6 +24,7 @@ from taskflow_common.db import Database, open_pool
 from taskflow_common.store import retention
 from taskflow_dispatcher.maintenance_metrics import MaintenanceMetrics
 from taskflow_dispatcher.pruner import Pruner, RetentionPolicy
+from tests.support.waiting import wait_for
 
 DAY = 86400.0
 
@@ -250,6 +251,18 @@ async def test_a_prune_killed_mid_batch_leaves_no_half_deleted_task(
     assert int(await asyncio.wait_for(proc.stdout.readline(), 60)) == 4000
     proc.send_signal(signal.SIGKILL)
     await proc.wait()
+
+    # The killed client's backend still finishes the statement it was running (and
+    # commits it) before it notices the closed socket: measure once it is gone.
+    async def backend_gone() -> bool:
+        others = await db.fetchval(
+            "SELECT count(*) FROM pg_stat_activity"
+            " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+            " AND state IS DISTINCT FROM 'idle'"
+        )
+        return bool(others == 0)
+
+    await wait_for(backend_gone, timeout=30, what="the killed pruner's backend to exit")
     for conn in (db,):
         left = await present(conn, ids)
         assert 0 < left < len(ids) - 4000 + 1
