@@ -20,7 +20,6 @@ schedule can have.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import Annotated, Any, Literal
@@ -56,6 +55,7 @@ from taskflow_ingest_api.validation import (
     JsonInt,
     TagKey,
     TagValue,
+    parse_limit,
 )
 
 NAME_RULE = "must be 1..128 characters of A-Z a-z 0-9 _ . : -"
@@ -336,13 +336,7 @@ def parse_list_query(params: Mapping[str, Any]) -> ListQuery:
         if values["paused"] not in ("true", "false"):
             errors.append(FieldError("paused", "must be true or false"))
         paused = values["paused"] == "true"
-    limit = DEFAULT_LIST_LIMIT
-    if "limit" in values:
-        text = values["limit"]
-        if re.fullmatch(r"[0-9]{1,4}", text) and 1 <= int(text) <= MAX_LIST_LIMIT:
-            limit = int(text)
-        else:
-            errors.append(FieldError("limit", f"must be an integer from 1 to {MAX_LIST_LIMIT}"))
+    limit = parse_limit(values, errors, MAX_LIST_LIMIT)
     if errors:
         raise validation_error(errors)
     cursor = values.get("cursor")

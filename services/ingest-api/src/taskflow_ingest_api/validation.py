@@ -362,13 +362,7 @@ def parse_list_query(params: Mapping[str, Any]) -> ListQuery:
     priority = values.get("priority")
     if priority is not None and priority not in PRIORITIES:
         errors.append(FieldError("priority", PRIORITY_RULE))
-    limit = DEFAULT_LIST_LIMIT
-    if "limit" in values:
-        text = values["limit"]
-        if re.fullmatch(r"[0-9]{1,4}", text) and 1 <= int(text) <= MAX_LIST_LIMIT:
-            limit = int(text)
-        else:
-            errors.append(FieldError("limit", f"must be an integer from 1 to {MAX_LIST_LIMIT}"))
+    limit = parse_limit(values, errors, MAX_LIST_LIMIT)
     if errors:
         raise validation_error(errors)
     cursor_text = values.get("cursor")
@@ -380,3 +374,18 @@ def parse_list_query(params: Mapping[str, Any]) -> ListQuery:
     return ListQuery(
         status, task_type, priority, limit, cursor_text, tags or None, conflicting, schedule
     )
+
+
+def parse_limit(values: Mapping[str, str], errors: list[FieldError], maximum: int) -> int:
+    """Return the ``limit`` query parameter: 1..``maximum``, :data:`DEFAULT_LIST_LIMIT` if absent.
+
+    A malformed value appends a :class:`FieldError` to ``errors`` and returns the default,
+    so one 422 names every bad parameter.
+    """
+    text = values.get("limit")
+    if text is None:
+        return DEFAULT_LIST_LIMIT
+    if re.fullmatch(r"[0-9]{1,4}", text) and 1 <= int(text) <= maximum:
+        return int(text)
+    errors.append(FieldError("limit", f"must be an integer from 1 to {maximum}"))
+    return DEFAULT_LIST_LIMIT
